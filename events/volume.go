@@ -1,0 +1,118 @@
+package events
+
+import "time"
+
+func init() {
+	register[VolumeExportRequested](Command, "Asks a data mover to copy one snapshot or dump stream into the repository.")
+	register[VolumeExportProgress](Fact, "Bytes and files exported so far, about once a second.")
+	register[VolumeExported](Fact, "A volume or dump is in the repository.")
+	register[VolumeExportFailed](Fact, "Exporting a volume failed.")
+	register[VolumeImportRequested](Command, "Asks a data mover to copy one artifact from the repository back to a volume or command.")
+	register[VolumeImportProgress](Fact, "Bytes and files imported so far, about once a second.")
+	register[VolumeImported](Fact, "A volume or dump was restored from the repository.")
+	register[VolumeImportFailed](Fact, "Importing a volume failed.")
+}
+
+// VolumeExportRequested is one work item for a data mover.
+type VolumeExportRequested struct {
+	RunID       RunID  `json:"runId"`
+	Application string `json:"application"`
+	Volume      string `json:"volume"`
+	// SourceKind is "snapshot" (SnapshotID is set) or "dump" (DumpStep is set).
+	SourceKind     string     `json:"sourceKind"`
+	SnapshotID     SnapshotID `json:"snapshotId,omitempty"`
+	DumpStep       string     `json:"dumpStep,omitempty"`
+	Repository     string     `json:"repository"`
+	IdempotencyKey string     `json:"idempotencyKey"`
+}
+
+// EventType implements Payload.
+func (VolumeExportRequested) EventType() Type { return "io.tidemark.volume.export.requested.v1" }
+
+// TransferProgress is shared by export and import progress.
+type TransferProgress struct {
+	RunID      RunID  `json:"runId"`
+	Volume     string `json:"volume"`
+	BytesDone  int64  `json:"bytesDone"`
+	BytesTotal int64  `json:"bytesTotal"`
+	FilesDone  int64  `json:"filesDone"`
+	FilesTotal int64  `json:"filesTotal"`
+}
+
+// VolumeExportProgress reports export progress.
+type VolumeExportProgress TransferProgress
+
+// EventType implements Payload.
+func (VolumeExportProgress) EventType() Type { return "io.tidemark.volume.export.progress.v1" }
+
+// VolumeExported reports a volume stored in the repository.
+type VolumeExported struct {
+	RunID      RunID      `json:"runId"`
+	Volume     string     `json:"volume"`
+	ManifestID ManifestID `json:"manifestId"`
+	Files      int64      `json:"files"`
+	Bytes      int64      `json:"bytes"`
+	// BytesUploaded is what was new after deduplication.
+	BytesUploaded int64     `json:"bytesUploaded"`
+	StartedAt     time.Time `json:"startedAt"`
+	FinishedAt    time.Time `json:"finishedAt"`
+}
+
+// EventType implements Payload.
+func (VolumeExported) EventType() Type { return "io.tidemark.volume.exported.v1" }
+
+// TransferFailed is shared by export and import failures.
+type TransferFailed struct {
+	RunID     RunID  `json:"runId"`
+	Volume    string `json:"volume"`
+	Error     string `json:"error"`
+	Permanent bool   `json:"permanent"`
+}
+
+// VolumeExportFailed reports a failed export.
+type VolumeExportFailed TransferFailed
+
+// EventType implements Payload.
+func (VolumeExportFailed) EventType() Type { return "io.tidemark.volume.export.failed.v1" }
+
+// VolumeImportRequested is one restore work item for a data mover.
+type VolumeImportRequested struct {
+	RunID      RunID      `json:"runId"`
+	Volume     string     `json:"volume"`
+	ManifestID ManifestID `json:"manifestId"`
+	Repository string     `json:"repository"`
+	// TargetKind is "directory" (Target is a path or PVC) or "stream"
+	// (Target names the hook step whose stdin receives the data).
+	TargetKind     string `json:"targetKind"`
+	Target         string `json:"target"`
+	IdempotencyKey string `json:"idempotencyKey"`
+}
+
+// EventType implements Payload.
+func (VolumeImportRequested) EventType() Type { return "io.tidemark.volume.import.requested.v1" }
+
+// VolumeImportProgress reports import progress.
+type VolumeImportProgress TransferProgress
+
+// EventType implements Payload.
+func (VolumeImportProgress) EventType() Type { return "io.tidemark.volume.import.progress.v1" }
+
+// VolumeImported reports a restored volume.
+type VolumeImported struct {
+	RunID      RunID      `json:"runId"`
+	Volume     string     `json:"volume"`
+	ManifestID ManifestID `json:"manifestId"`
+	Files      int64      `json:"files"`
+	Bytes      int64      `json:"bytes"`
+	StartedAt  time.Time  `json:"startedAt"`
+	FinishedAt time.Time  `json:"finishedAt"`
+}
+
+// EventType implements Payload.
+func (VolumeImported) EventType() Type { return "io.tidemark.volume.imported.v1" }
+
+// VolumeImportFailed reports a failed import.
+type VolumeImportFailed TransferFailed
+
+// EventType implements Payload.
+func (VolumeImportFailed) EventType() Type { return "io.tidemark.volume.import.failed.v1" }
