@@ -75,7 +75,7 @@ type BackupFailed struct {
 	Reason string `json:"reason"`
 	// FailedStep names the step that failed, if one did.
 	FailedStep    string         `json:"failedStep,omitempty"`
-	Compensations []Compensation `json:"compensations"`
+	Compensations []Compensation `json:"compensations,omitempty"`
 }
 
 // EventType implements Payload.
@@ -86,7 +86,7 @@ type BackupCancelled struct {
 	RunID         RunID          `json:"runId"`
 	Application   string         `json:"application"`
 	CancelledBy   string         `json:"cancelledBy,omitempty"`
-	Compensations []Compensation `json:"compensations"`
+	Compensations []Compensation `json:"compensations,omitempty"`
 }
 
 // EventType implements Payload.

@@ -52,7 +52,7 @@ type Descriptor struct {
 	Kind Kind
 	// Summary is one line for the AsyncAPI document and `--help` texts.
 	Summary string
-	goType reflect.Type
+	goType  reflect.Type
 	// decode unmarshals JSON into the payload's Go type and returns it by value.
 	decode func(data []byte) (Payload, error)
 }
@@ -129,4 +129,21 @@ func All() []Descriptor {
 func As[P Payload](ev Event) (P, bool) {
 	p, ok := ev.Data.(P)
 	return p, ok
+}
+
+// DecodePayload checks JSON against type t's schema and decodes it into t's
+// Go payload. Errors are *DecodeError values naming the field.
+func DecodePayload(t Type, data []byte) (Payload, error) {
+	d, ok := Lookup(t)
+	if !ok {
+		return nil, &DecodeError{Problem: ProblemUnknownType, Attribute: "type", Detail: fmt.Sprintf("%q is not in the events catalogue", t)}
+	}
+	if err := ValidatePayload(t, data); err != nil {
+		return nil, err
+	}
+	p, err := d.decode(data)
+	if err != nil {
+		return nil, &DecodeError{Problem: ProblemPayloadMismatch, Attribute: "data", Err: err}
+	}
+	return p, nil
 }

@@ -155,12 +155,9 @@ func FromCloudEvent(ce cloudevents.Event) (Event, error) {
 	if !json.Valid(data) {
 		return Event{}, &DecodeError{Problem: ProblemInvalidJSON, Attribute: "data", Detail: "the payload is not valid JSON"}
 	}
-	if err := ValidatePayload(t, data); err != nil {
-		return Event{}, err
-	}
-	payload, err := d.decode(data)
+	payload, err := DecodePayload(d.Type, data)
 	if err != nil {
-		return Event{}, &DecodeError{Problem: ProblemPayloadMismatch, Attribute: "data", Err: err}
+		return Event{}, err
 	}
 	ev := Event{
 		ID:      ce.ID(),

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+	"unicode"
 )
 
 // Identifiers have their own types so a run id cannot be passed where a
@@ -40,6 +41,9 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
 		return fmt.Errorf("duration must be a string with a unit such as \"30s\" or \"5m\", got %s", string(b))
+	}
+	if s == "" || !unicode.IsLetter(rune(s[len(s)-1])) {
+		return fmt.Errorf("duration %q has no unit; write it with one, such as \"30s\" or \"5m\"", s)
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {

@@ -61,9 +61,10 @@ func (RestoreCompleted) EventType() Type { return "io.tidemark.restore.completed
 type RestoreFailed struct {
 	RunID          RunID          `json:"runId"`
 	RestorePointID RestorePointID `json:"restorePointId"`
+	Application    string         `json:"application"`
 	Reason         string         `json:"reason"`
 	FailedStep     string         `json:"failedStep,omitempty"`
-	Compensations  []Compensation `json:"compensations"`
+	Compensations  []Compensation `json:"compensations,omitempty"`
 }
 
 // EventType implements Payload.
@@ -73,8 +74,9 @@ func (RestoreFailed) EventType() Type { return "io.tidemark.restore.failed.v1" }
 type RestoreCancelled struct {
 	RunID          RunID          `json:"runId"`
 	RestorePointID RestorePointID `json:"restorePointId"`
+	Application    string         `json:"application"`
 	CancelledBy    string         `json:"cancelledBy,omitempty"`
-	Compensations  []Compensation `json:"compensations"`
+	Compensations  []Compensation `json:"compensations,omitempty"`
 }
 
 // EventType implements Payload.
