@@ -152,9 +152,6 @@ func FromCloudEvent(ce cloudevents.Event) (Event, error) {
 	if len(data) == 0 {
 		return Event{}, &DecodeError{Problem: ProblemMissingAttribute, Attribute: "data"}
 	}
-	if !json.Valid(data) {
-		return Event{}, &DecodeError{Problem: ProblemInvalidJSON, Attribute: "data", Detail: "the payload is not valid JSON"}
-	}
 	payload, err := DecodePayload(d.Type, data)
 	if err != nil {
 		return Event{}, err

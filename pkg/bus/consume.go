@@ -45,7 +45,9 @@ type ConsumerSpec struct {
 	Backoff []time.Duration
 	// Concurrency is how many handlers run at once in this process.
 	Concurrency int
-	// Prefetch is how many messages are pulled ahead of free handlers.
+	// Prefetch is how many messages are pulled at once (default
+	// Concurrency). Raise it for many short handlers; keep it at Concurrency
+	// when handlers can run longer than AckWait.
 	Prefetch int
 	// ShutdownGrace is how long in-flight handlers may finish after the
 	// consumer is stopped; then their context is cancelled and their
@@ -58,6 +60,12 @@ const (
 	DefaultAckWait       = 30 * time.Second
 	DefaultMaxDeliver    = 5
 	DefaultShutdownGrace = 10 * time.Second
+)
+
+// pullExpiry is how long one pull request waits on the server.
+const (
+	pullExpiry    = 5 * time.Second
+	pullHeartbeat = 500 * time.Millisecond
 )
 
 // DefaultBackoff is the redelivery backoff when a spec sets none.
@@ -77,7 +85,10 @@ func (s ConsumerSpec) withDefaults() ConsumerSpec {
 		s.Concurrency = 1
 	}
 	if s.Prefetch == 0 {
-		s.Prefetch = 2 * s.Concurrency
+		// Pulled-ahead messages are not heartbeated, so by default nothing
+		// waits in a buffer: a slow handler cannot age a queued message past
+		// AckWait and cause a duplicate delivery.
+		s.Prefetch = s.Concurrency
 	}
 	if s.ShutdownGrace == 0 {
 		s.ShutdownGrace = DefaultShutdownGrace
@@ -158,24 +169,46 @@ func (b *Bus) Consume(ctx context.Context, spec ConsumerSpec, handler Handler) e
 	}
 	defer advisories.Unsubscribe() //nolint:errcheck // best effort on the way out
 
-	iter, err := cons.Messages(jetstream.PullMaxMessages(spec.Prefetch))
+	// Small pull batches on a work-queue stream (nats-server 2.15, nats.go
+	// 1.55) occasionally lose track of the outstanding pull after an async
+	// ack: the next message then waits until the client notices missing
+	// idle heartbeats, 30 s with the defaults (measured in BenchmarkRoundTrip,
+	// raw nats.go included). A 500 ms heartbeat bounds that to about a
+	// second and, in our runs, removed it; a freeze window must not grow by
+	// 30 s. See docs/benchmarks.md.
+	iter, err := cons.Messages(jetstream.PullMaxMessages(spec.Prefetch), jetstream.PullExpiry(pullExpiry), jetstream.PullHeartbeat(pullHeartbeat))
 	if err != nil {
 		return fmt.Errorf("bus: consumer %s: %w", spec.Name, err)
 	}
 	b.log.Info("consumer started", "consumer", spec.Name, "stream", spec.Stream, "concurrency", spec.Concurrency)
 
-	slots := make(chan struct{}, spec.Concurrency)
+	hb := &heartbeats{running: map[jetstream.Msg]struct{}{}}
+	hbCtx, stopHeartbeats := context.WithCancel(workCtx)
+	defer stopHeartbeats()
+	go hb.run(hbCtx, spec.AckWait/3, func(err error) { b.log.Warn("heartbeat", "consumer", spec.Name, "err", err) })
+
+	// A fixed pool of workers (rather than a goroutine per message) keeps
+	// their grown stacks: schema validation recurses deeply enough that a
+	// fresh goroutine's stack growth showed up in profiles.
+	work := make(chan jetstream.Msg)
+	var workers sync.WaitGroup
+	for range spec.Concurrency {
+		workers.Add(1)
+		inflight.Add(1)
+		go func() {
+			defer workers.Done()
+			defer inflight.Done()
+			for msg := range work {
+				b.process(workCtx, spec, hb, msg, handler)
+			}
+		}()
+	}
+
 	var loopErr error
 loop:
 	for {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			break loop
-		}
 		msg, err := iter.Next(jetstream.NextContext(ctx))
 		if err != nil {
-			<-slots
 			switch {
 			case ctx.Err() != nil:
 				break loop
@@ -189,13 +222,16 @@ loop:
 				continue
 			}
 		}
-		inflight.Add(1)
-		go func() {
-			defer inflight.Done()
-			defer func() { <-slots }()
-			b.process(workCtx, spec, msg, handler)
-		}()
+		select {
+		case work <- msg:
+		case <-ctx.Done():
+			// Taken from the server but never started: hand it back now.
+			_ = msg.Nak()
+			b.metrics.handled.WithLabelValues(spec.Name, "shutdown").Inc()
+			break loop
+		}
 	}
+	close(work)
 
 	b.returnBuffered(iter, spec)
 	done := make(chan struct{})
@@ -230,7 +266,7 @@ func (b *Bus) returnBuffered(iter jetstream.MessagesContext, spec ConsumerSpec) 
 	iter.Stop()
 }
 
-func (b *Bus) process(ctx context.Context, spec ConsumerSpec, msg jetstream.Msg, handler Handler) {
+func (b *Bus) process(ctx context.Context, spec ConsumerSpec, hb *heartbeats, msg jetstream.Msg, handler Handler) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		// Not a JetStream message; there is nothing to settle.
@@ -259,7 +295,7 @@ func (b *Bus) process(ctx context.Context, spec ConsumerSpec, msg jetstream.Msg,
 	defer span.End()
 
 	start := time.Now()
-	results, herr := b.runWithHeartbeat(hctx, spec, msg, handler, ev)
+	results, herr := b.runHandler(hctx, spec, hb, msg, handler, ev)
 	if herr == nil {
 		herr = b.publishResults(hctx, ev, results)
 	}
@@ -296,31 +332,53 @@ func (b *Bus) process(ctx context.Context, spec ConsumerSpec, msg jetstream.Msg,
 	}
 }
 
-// runWithHeartbeat calls the handler, recovering a panic into an error, and
-// tells the server the message is in progress every AckWait/3 until the
-// handler returns, so long work is never redelivered while it is alive.
-func (b *Bus) runWithHeartbeat(ctx context.Context, spec ConsumerSpec, msg jetstream.Msg, handler Handler, ev events.Event) (results []events.Event, err error) {
-	stop := make(chan struct{})
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		t := time.NewTicker(spec.AckWait / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				if err := msg.InProgress(); err != nil {
-					b.log.Warn("heartbeat", "consumer", spec.Name, "id", ev.ID, "err", err)
+// heartbeats tells the server, every AckWait/3, that each message whose
+// handler is running is still in progress, so long work is never
+// redelivered while it is alive. One ticker serves every handler of a
+// consumer.
+type heartbeats struct {
+	mu      sync.Mutex
+	running map[jetstream.Msg]struct{}
+}
+
+func (h *heartbeats) add(m jetstream.Msg) {
+	h.mu.Lock()
+	h.running[m] = struct{}{}
+	h.mu.Unlock()
+}
+
+// remove returns once no heartbeat for m can be sent any more, so an ack
+// that follows is never overtaken by a stray in-progress signal.
+func (h *heartbeats) remove(m jetstream.Msg) {
+	h.mu.Lock()
+	delete(h.running, m)
+	h.mu.Unlock()
+}
+
+func (h *heartbeats) run(ctx context.Context, every time.Duration, log func(error)) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			h.mu.Lock()
+			for m := range h.running {
+				if err := m.InProgress(); err != nil {
+					log(err)
 				}
 			}
+			h.mu.Unlock()
 		}
-	}()
-	defer func() {
-		close(stop)
-		<-stopped
-	}()
+	}
+}
+
+// runHandler calls the handler under heartbeats, recovering a panic into an
+// error.
+func (b *Bus) runHandler(ctx context.Context, spec ConsumerSpec, hb *heartbeats, msg jetstream.Msg, handler Handler, ev events.Event) (results []events.Event, err error) {
+	hb.add(msg)
+	defer hb.remove(msg)
 	defer func() {
 		if r := recover(); r != nil {
 			b.log.Error("handler panicked", "consumer", spec.Name, "type", ev.Type(), "id", ev.ID, "panic", r, "stack", string(debug.Stack()))

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
@@ -30,8 +29,6 @@ type PublishAck struct {
 // without an id, source or time gets them filled in. Publishing the same
 // event id twice stores it once: retries after a lost ack are safe.
 func (b *Bus) Publish(ctx context.Context, ev events.Event) (PublishAck, error) {
-	ctx, cancel := withDefaultTimeout(ctx, 10*time.Second)
-	defer cancel()
 	ev = b.complete(ev)
 	ctx, span := b.tracer.Start(ctx, "publish "+string(ev.Type()),
 		trace.WithSpanKind(trace.SpanKindProducer),

@@ -1,0 +1,34 @@
+# Tidemark. `make help` lists the targets.
+
+GO          ?= go
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+FUZZTIME    ?= 10s
+BENCHCOUNT  ?= 6
+BIN         := bin/tidemark
+
+.PHONY: help build test test-race fuzz lint bench clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## build bin/tidemark
+	$(GO) build -o $(BIN) ./cmd/tidemark
+
+test: test-race fuzz ## every test with the race detector, then the fuzz targets briefly
+
+test-race:
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+fuzz: ## run each fuzz target for FUZZTIME
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/cenats
+
+lint: ## go vet and staticcheck (pinned)
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+bench: ## bus vs raw nats.go benchmarks, summarised as medians and ratios
+	$(GO) test ./pkg/bus -run '^$$' -bench . -benchtime 10000x -count $(BENCHCOUNT) | tee bench.out
+	$(GO) run ./tools/benchratio -baseline raw-app < bench.out
+
+clean:
+	rm -rf bin bench.out
