@@ -240,3 +240,10 @@ func TestEncodeRejectsAnInvalidPayloadNamingTheField(t *testing.T) {
 		t.Fatalf("ToCloudEvent with an empty application = %v, want an error naming /application", err)
 	}
 }
+
+func TestPatternViolationsAreExplainedInWords(t *testing.T) {
+	err := ValidatePayload(BackupRequested{}.EventType(), []byte(`{"application":"shop/pg","maxFreeze":"60"}`))
+	if err == nil || !strings.Contains(err.Error(), "/maxFreeze") || !strings.Contains(err.Error(), "a duration with a unit") {
+		t.Fatalf("err = %v, want it to name /maxFreeze and ask for a unit", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 
@@ -137,9 +138,32 @@ func describeViolation(ve *jsonschema.ValidationError) (string, string) {
 	walk(ve)
 	parts := make([]string, 0, len(leaves))
 	for _, l := range leaves {
-		parts = append(parts, fmt.Sprintf("at %s: %s", pointer(l.InstanceLocation), l.ErrorKind.LocalizedString(printer)))
+		msg := l.ErrorKind.LocalizedString(printer)
+		if hint, ok := patternHints[definitionOf(l.SchemaURL)]; ok && slices.Equal(l.ErrorKind.KeywordPath(), []string{"pattern"}) {
+			msg = "want " + hint
+		}
+		parts = append(parts, fmt.Sprintf("at %s: %s", pointer(l.InstanceLocation), msg))
 	}
 	return pointer(leaves[0].InstanceLocation), strings.Join(parts, "; ")
+}
+
+// patternHints says in words what a pattern in common.json wants, so a user
+// reads "a duration with a unit" rather than a regular expression.
+var patternHints = map[string]string{
+	"duration":            `a duration with a unit, such as "30s", "5m" or "1h30m"`,
+	"nonNegativeDuration": `a duration with a unit, such as "30s", "5m" or "1h30m"`,
+	"runId":               "an id of letters, digits and . _ : -",
+	"restorePointId":      "an id of letters, digits and . _ : -",
+}
+
+// definitionOf returns the $defs name a schema location points into.
+func definitionOf(schemaURL string) string {
+	_, after, ok := strings.Cut(schemaURL, "#/$defs/")
+	if !ok {
+		return ""
+	}
+	name, _, _ := strings.Cut(after, "/")
+	return name
 }
 
 func pointer(loc []string) string {
