@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 )
@@ -51,7 +52,10 @@ type Descriptor struct {
 	Kind Kind
 	// Summary is one line for the AsyncAPI document and `--help` texts.
 	Summary string
-	goType  reflect.Type
+	// Routed types go to one consumer chosen by the payload's Route(), on
+	// Subject()+"."+Route().
+	Routed bool
+	goType reflect.Type
 	// decode unmarshals JSON into the payload's Go type and returns it by value.
 	decode func(data []byte) (Payload, error)
 }
@@ -97,7 +101,8 @@ func register[P Payload](kind Kind, summary string) {
 	if !strings.HasPrefix(string(t), typePrefix) {
 		panic("events: type outside io.tidemark.: " + string(t))
 	}
-	catalog[t] = Descriptor{Type: t, Kind: kind, Summary: summary, goType: reflect.TypeFor[P](), decode: func(data []byte) (Payload, error) {
+	_, routed := any(zero).(Routed)
+	catalog[t] = Descriptor{Type: t, Kind: kind, Summary: summary, Routed: routed, goType: reflect.TypeFor[P](), decode: func(data []byte) (Payload, error) {
 		// Unknown fields are already refused by the schema, whose properties
 		// TestEverySchemaMatchesItsGoType keeps equal to P's fields.
 		var p P
@@ -106,6 +111,32 @@ func register[P Payload](kind Kind, summary string) {
 		}
 		return p, nil
 	}}
+}
+
+// Routed is implemented by payloads that must reach one particular
+// consumer, such as the hookrunner instance holding a lock. Route returns a
+// single NATS subject token.
+type Routed interface {
+	Route() string
+}
+
+var routeToken = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// SubjectOf returns the NATS subject an event is published on: its type's
+// subject, plus the route token for routed types.
+func SubjectOf(ev Event) (string, error) {
+	d, err := ev.Descriptor()
+	if err != nil {
+		return "", err
+	}
+	r, ok := ev.Data.(Routed)
+	if !ok {
+		return d.Subject(), nil
+	}
+	if !routeToken.MatchString(r.Route()) {
+		return "", invalid("%s: route %q must be letters, digits, _ or - (a service instance id)", d.Type, r.Route())
+	}
+	return d.Subject() + "." + r.Route(), nil
 }
 
 // Lookup returns the descriptor of a registered type.

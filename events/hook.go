@@ -56,6 +56,9 @@ type HookSucceeded struct {
 	FinishedAt time.Time         `json:"finishedAt"`
 	// Holding is true when the step's session stays open holding a lock.
 	Holding bool `json:"holding,omitempty"`
+	// Holder is the instance id of the hookrunner holding the session; its
+	// release must be routed there.
+	Holder string `json:"holder,omitempty"`
 }
 
 // EventType implements Payload.
@@ -79,7 +82,9 @@ func (HookFailed) EventType() Type { return "io.tidemark.hook.failed.v1" }
 type HookReleaseRequested struct {
 	RunID RunID `json:"runId"`
 	// Step names the step whose session holds the lock.
-	Step           string `json:"step"`
+	Step string `json:"step"`
+	// Holder is the hookrunner instance holding the session.
+	Holder         string `json:"holder"`
 	IdempotencyKey string `json:"idempotencyKey"`
 	Reason         string `json:"reason,omitempty"`
 }
@@ -87,14 +92,24 @@ type HookReleaseRequested struct {
 // EventType implements Payload.
 func (HookReleaseRequested) EventType() Type { return "io.tidemark.hook.release.requested.v1" }
 
+// Route implements Routed: a release goes to the instance holding the lock.
+func (r HookReleaseRequested) Route() string { return r.Holder }
+
 // HookReleased reports that a held lock was let go.
 type HookReleased struct {
 	RunID   RunID    `json:"runId"`
 	Step    string   `json:"step"`
 	HeldFor Duration `json:"heldFor"`
 	// By is "request" when released on command, "deadline" when HoldFor ran
-	// out, "disconnect" when the hookrunner lost its coordinator.
+	// out (the dead man's switch), "disconnect" when the session was already
+	// gone (its server ended the lock), "shutdown" when the hookrunner stopped.
 	By string `json:"by"`
+	// Outputs are the first-row columns of the release statements (for
+	// PostgreSQL, pg_backup_stop's labelfile and spcmapfile).
+	Outputs map[string]string `json:"outputs,omitempty"`
+	// Error is set when the release statements failed; the session was
+	// closed anyway, which ends any session-bound lock.
+	Error string `json:"error,omitempty"`
 }
 
 // EventType implements Payload.

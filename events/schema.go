@@ -154,6 +154,7 @@ var patternHints = map[string]string{
 	"nonNegativeDuration": `a duration with a unit, such as "30s", "5m" or "1h30m"`,
 	"runId":               "an id of letters, digits and . _ : -",
 	"restorePointId":      "an id of letters, digits and . _ : -",
+	"instanceId":          "an instance id of letters, digits, _ and -",
 }
 
 // definitionOf returns the $defs name a schema location points into.

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/tidemark-dev/tidemark/pkg/bus"
 	"github.com/tidemark-dev/tidemark/pkg/natsserver"
 	"github.com/tidemark-dev/tidemark/pkg/service"
+	_ "github.com/tidemark-dev/tidemark/services/hookrunner" // registers the service
 )
 
 type natsOptions struct {
@@ -52,6 +54,8 @@ type serveOptions struct {
 	replicas        int
 	eventsRetention time.Duration
 	shutdownTimeout time.Duration
+	instanceID      string
+	appsDir         string
 }
 
 func defaultDataDir() string {
@@ -104,6 +108,8 @@ exits 0.`,
 	f.IntVar(&o.replicas, "stream-replicas", 1, "replicas of each stream and bucket (3 or 5 on a NATS cluster)")
 	f.DurationVar(&o.eventsRetention, "events-retention", 30*24*time.Hour, "how long the audit log keeps events")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight work may finish after SIGTERM")
+	f.StringVar(&o.instanceID, "instance-id", defaultInstanceID(), "this process's id among its peers (letters, digits, _ and -); lock releases are routed by it, so keep it stable")
+	f.StringVar(&o.appsDir, "apps-dir", "", "directory of Application files for the local platform (default <data-dir>/apps)")
 	return cmd
 }
 
@@ -126,6 +132,9 @@ func (o *serveOptions) validate() error {
 	}
 	if o.dataDir == "" {
 		return errors.New("--data-dir is empty")
+	}
+	if !instanceIDPattern.MatchString(o.instanceID) {
+		return fmt.Errorf("--instance-id %q: use letters, digits, _ and - only", o.instanceID)
 	}
 	if o.replicas != 1 && o.replicas != 3 && o.replicas != 5 {
 		return fmt.Errorf("--stream-replicas %d: want 1, 3 or 5", o.replicas)
@@ -184,7 +193,11 @@ func (o *serveOptions) run(ctx context.Context, log *slog.Logger) error {
 		_ = httpSrv.Shutdown(sctx)
 	}()
 
-	svcs, err := service.Build(names, service.Deps{Bus: b, Logger: log, DataDir: o.dataDir, Metrics: reg})
+	appsDir := o.appsDir
+	if appsDir == "" {
+		appsDir = filepath.Join(o.dataDir, "apps")
+	}
+	svcs, err := service.Build(names, service.Deps{Bus: b, Logger: log, DataDir: o.dataDir, Metrics: reg, InstanceID: o.instanceID, AppsDir: appsDir})
 	if err != nil {
 		return err
 	}
@@ -292,6 +305,17 @@ func startHTTP(addr string, b *bus.Bus, servicesUp *atomic.Bool, reg *prometheus
 		}
 	}()
 	return srv, ln.Addr().String(), nil
+}
+
+var instanceIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// defaultInstanceID is the host name made safe for a NATS subject token.
+func defaultInstanceID() string {
+	id := regexp.MustCompile(`[^A-Za-z0-9_-]`).ReplaceAllString(hostname(), "-")
+	if id == "" {
+		return "tidemark"
+	}
+	return id
 }
 
 func hostname() string {

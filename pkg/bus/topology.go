@@ -34,6 +34,9 @@ const (
 	BucketRuns = "tidemark-runs"
 	// BucketLeases holds per-run ownership leases; entries expire.
 	BucketLeases = "tidemark-leases"
+	// BucketHooks holds hookrunner results by idempotency key and the
+	// registry of held sessions.
+	BucketHooks = "tidemark-hooks"
 )
 
 // Retention says what removes messages from a stream.
@@ -118,6 +121,7 @@ func DefaultTopology(o TopologyOptions) Topology {
 		Buckets: []BucketSpec{
 			{Name: BucketRuns, Description: "Durable state of backup and restore runs", History: 8},
 			{Name: BucketLeases, Description: "Per-run ownership leases of coordinator instances", History: 1, TTL: 30 * time.Second},
+			{Name: BucketHooks, Description: "Hook results by idempotency key, and held sessions", History: 1, TTL: 7 * 24 * time.Hour},
 		},
 	}
 }

@@ -51,7 +51,7 @@ func Encode(ctx context.Context, ce *cloudevents.Event, subject string) (*nats.M
 
 // EncodeEvent validates a Tidemark event and encodes it for its own subject.
 func EncodeEvent(ctx context.Context, ev events.Event) (*nats.Msg, error) {
-	d, err := ev.Descriptor()
+	subject, err := events.SubjectOf(ev)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +59,7 @@ func EncodeEvent(ctx context.Context, ev events.Event) (*nats.Msg, error) {
 	if err != nil {
 		return nil, err
 	}
-	return Encode(ctx, &ce, d.Subject())
+	return Encode(ctx, &ce, subject)
 }
 
 // Decode strictly reads a Tidemark event from a NATS message. Every failure

@@ -31,6 +31,11 @@ type Deps struct {
 	Logger  *slog.Logger
 	DataDir string
 	Metrics prometheus.Registerer
+	// InstanceID names this process among its peers (commands that must
+	// reach this process, such as lock releases, are routed by it).
+	InstanceID string
+	// AppsDir holds the Application files of the local platform.
+	AppsDir string
 }
 
 // Factory builds a service from its dependencies.

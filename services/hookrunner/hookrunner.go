@@ -1,0 +1,206 @@
+// Package hookrunner runs rendered blueprint steps against applications and
+// reports each result as an event. It holds session-bound locks (FLUSH
+// TABLES WITH READ LOCK, pg_backup_start) across step boundaries on a live
+// connection until the matching release arrives, and releases them itself
+// when no release comes before the hold deadline (the dead man's switch).
+package hookrunner
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/tidemark-dev/tidemark/events"
+	"github.com/tidemark-dev/tidemark/pkg/application"
+	"github.com/tidemark-dev/tidemark/pkg/bus"
+	"github.com/tidemark-dev/tidemark/pkg/platform"
+)
+
+// Name is the service's name in `tidemark serve --services`.
+const Name = "hookrunner"
+
+// DefaultHoldFor bounds a held lock when the command names no holdFor.
+const DefaultHoldFor = 60 * time.Second
+
+// Config configures a hookrunner.
+type Config struct {
+	// InstanceID names this instance; releases are routed to it. It must be
+	// stable for as long as it holds sessions.
+	InstanceID string
+	Apps       application.Source
+	Exec       platform.Executor
+	// Concurrency is how many steps run at once.
+	Concurrency int
+	// ReleaseTimeout bounds running release statements.
+	ReleaseTimeout time.Duration
+	Logger         *slog.Logger
+	Now            func() time.Time
+}
+
+// Bus is what the hookrunner needs of the bus.
+type Bus interface {
+	bus.Publisher
+	Consume(ctx context.Context, spec bus.ConsumerSpec, h bus.Handler) error
+	KeyValue(ctx context.Context, bucket string) (bus.KV, error)
+}
+
+// Service is a hookrunner instance.
+type Service struct {
+	cfg Config
+	bus Bus
+	kv  bus.KV
+
+	mu    sync.Mutex
+	holds map[holdKey]*hold
+}
+
+var instanceIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// New returns a hookrunner.
+func New(cfg Config, b Bus) (*Service, error) {
+	if !instanceIDPattern.MatchString(cfg.InstanceID) {
+		return nil, fmt.Errorf("hookrunner: instance id %q must be letters, digits, _ or - (it becomes a NATS subject token)", cfg.InstanceID)
+	}
+	if cfg.Apps == nil || cfg.Exec == nil {
+		return nil, errors.New("hookrunner: Apps and Exec are required")
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 4
+	}
+	if cfg.ReleaseTimeout <= 0 {
+		cfg.ReleaseTimeout = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Service{cfg: cfg, bus: b, holds: map[holdKey]*hold{}}, nil
+}
+
+func (s *Service) requestConsumer() bus.ConsumerSpec {
+	d, _ := events.Lookup(events.HookRequested{}.EventType())
+	return bus.ConsumerSpec{
+		Name:           "hookrunner",
+		Stream:         bus.StreamHookCommands,
+		FilterSubjects: []string{d.Subject()},
+		AckWait:        30 * time.Second,
+		MaxDeliver:     5,
+		Concurrency:    s.cfg.Concurrency,
+	}
+}
+
+func (s *Service) releaseConsumer() bus.ConsumerSpec {
+	d, _ := events.Lookup(events.HookReleaseRequested{}.EventType())
+	return bus.ConsumerSpec{
+		Name:           "hookrunner-release-" + s.cfg.InstanceID,
+		Stream:         bus.StreamHookCommands,
+		FilterSubjects: []string{d.Subject() + "." + s.cfg.InstanceID},
+		AckWait:        30 * time.Second,
+		MaxDeliver:     5,
+		Concurrency:    s.cfg.Concurrency,
+	}
+}
+
+// Run consumes step and release commands until ctx is done, then releases
+// every lock it still holds: a lock must never outlive its holder's intent.
+func (s *Service) Run(ctx context.Context) error {
+	kv, err := s.bus.KeyValue(ctx, bus.BucketHooks)
+	if err != nil {
+		return err
+	}
+	s.kv = kv
+	errs := make(chan error, 2)
+	go func() { errs <- s.bus.Consume(ctx, s.requestConsumer(), s.handleRequest) }()
+	go func() { errs <- s.bus.Consume(ctx, s.releaseConsumer(), s.handleRelease) }()
+	err = errors.Join(<-errs, <-errs)
+	s.releaseAll("shutdown")
+	return err
+}
+
+// resultKey names the stored result of a command by its idempotency key.
+func resultKey(kind, idempotencyKey string) string {
+	sum := sha256.Sum256([]byte(idempotencyKey))
+	return kind + "." + hex.EncodeToString(sum[:16])
+}
+
+// storedResult is a result event kept so a redelivered command gets the
+// same answer without running twice.
+type storedResult struct {
+	Type events.Type     `json:"type"`
+	Data json.RawMessage `json:"data"`
+}
+
+func (s *Service) loadResult(ctx context.Context, key string) (events.Payload, bool, error) {
+	raw, err := s.kv.Get(ctx, key)
+	if errors.Is(err, bus.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	var r storedResult
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, false, fmt.Errorf("stored result %s: %w", key, err)
+	}
+	p, err := events.DecodePayload(r.Type, r.Data)
+	if err != nil {
+		return nil, false, fmt.Errorf("stored result %s: %w", key, err)
+	}
+	return p, true, nil
+}
+
+func (s *Service) storeResult(ctx context.Context, key string, p events.Payload) error {
+	data, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	raw, err := json.Marshal(storedResult{Type: p.EventType(), Data: data})
+	if err != nil {
+		return err
+	}
+	return s.kv.Put(ctx, key, raw)
+}
+
+// handleRequest runs one step. A step that fails is a result (hook.failed),
+// not a handler error: only trouble with Tidemark's own infrastructure is
+// retried by redelivery.
+func (s *Service) handleRequest(ctx context.Context, ev events.Event) ([]events.Event, error) {
+	req, ok := events.As[events.HookRequested](ev)
+	if !ok {
+		return nil, bus.Permanentf("hookrunner: unexpected %s", ev.Type())
+	}
+	key := resultKey("result", req.IdempotencyKey)
+	if p, done, err := s.loadResult(ctx, key); err != nil {
+		return nil, err
+	} else if done {
+		s.cfg.Logger.Info("step already ran; repeating its result", "run", req.RunID, "step", req.Step)
+		return []events.Event{{Subject: ev.Subject, Data: p}}, nil
+	}
+	started := s.cfg.Now().UTC()
+	result := s.runStep(ctx, req, started)
+	if ctx.Err() != nil {
+		// Shutting down mid-step: let the command be redelivered rather
+		// than record a failure the step did not earn.
+		if h := s.takeHold(holdKey{req.RunID, req.Step}); h != nil {
+			h.session.Close()
+		}
+		return nil, ctx.Err()
+	}
+	if err := s.storeResult(ctx, key, result); err != nil {
+		return nil, fmt.Errorf("storing the result of %s/%s: %w", req.RunID, req.Step, err)
+	}
+	return []events.Event{{Subject: ev.Subject, Data: result}}, nil
+}
+
+func failed(req events.HookRequested, permanent bool, format string, args ...any) events.HookFailed {
+	return events.HookFailed{RunID: req.RunID, Step: req.Step, Error: fmt.Sprintf(format, args...), Permanent: permanent}
+}

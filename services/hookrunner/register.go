@@ -1,0 +1,18 @@
+package hookrunner
+
+import (
+	"github.com/tidemark-dev/tidemark/pkg/application"
+	"github.com/tidemark-dev/tidemark/pkg/platform/local"
+	"github.com/tidemark-dev/tidemark/pkg/service"
+)
+
+func init() {
+	service.Register(Name, func(d service.Deps) (service.Service, error) {
+		return New(Config{
+			InstanceID: d.InstanceID,
+			Apps:       application.Dir(d.AppsDir),
+			Exec:       &local.Executor{},
+			Logger:     d.Logger.With("service", Name),
+		}, d.Bus)
+	})
+}
