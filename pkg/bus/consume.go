@@ -153,6 +153,9 @@ func (b *Bus) Consume(ctx context.Context, spec ConsumerSpec, handler Handler) e
 	})
 	cancel()
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it started: nothing was taken
+		}
 		return fmt.Errorf("%w: consumer %s on %s: %v", ErrTopology, spec.Name, spec.Stream, err)
 	}
 

@@ -115,6 +115,9 @@ func (s *Service) releaseConsumer() bus.ConsumerSpec {
 func (s *Service) Run(ctx context.Context) error {
 	kv, err := s.bus.KeyValue(ctx, bus.BucketHooks)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	s.kv = kv

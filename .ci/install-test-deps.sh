@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs the database servers that tests/dbserver starts: mariadb-server
+# (mariadbd) and PostgreSQL 15 (/usr/lib/postgresql/15/bin). Idempotent:
+# installs only what is missing. Needs root (CI runs as root).
+set -euo pipefail
+
+PG_BIN=/usr/lib/postgresql/15/bin
+
+export DEBIAN_FRONTEND=noninteractive
+# Serialise with test binaries that install the same packages themselves
+# (tests/dbserver holds this lock around apt-get too).
+exec 9>/tmp/tidemark-apt.lock
+flock 9
+
+updated=0
+apt_install() {
+  if [ "$updated" = 0 ]; then
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    updated=1
+  fi
+  # The package's postinst may try to start a system service; whether that
+  # works does not matter (the tests run their own instances), so judge the
+  # install by the binaries it leaves, below.
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq "$@" || true
+}
+
+# mariadbd lives in /usr/sbin, which a non-login PATH may lack.
+have_mariadbd() { PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v mariadbd >/dev/null 2>&1; }
+
+if ! have_mariadbd; then
+  echo "install-test-deps: installing mariadb-server"
+  apt_install mariadb-server
+  have_mariadbd || { echo "install-test-deps: mariadbd still missing after apt-get install mariadb-server" >&2; exit 1; }
+fi
+
+if [ ! -x "$PG_BIN/postgres" ]; then
+  echo "install-test-deps: installing postgresql-15"
+  apt_install postgresql-15
+  [ -x "$PG_BIN/postgres" ] || { echo "install-test-deps: $PG_BIN/postgres still missing after apt-get install postgresql-15" >&2; exit 1; }
+fi
+
+echo "install-test-deps: mariadbd $(PATH="$PATH:/usr/sbin" mariadbd --version 2>/dev/null | head -1 | awk '{print $3}'), postgres $("$PG_BIN/postgres" --version | awk '{print $3}')"

@@ -1,0 +1,145 @@
+// Package bustest starts a real embedded NATS server with Tidemark's
+// topology for tests in other packages, and records the events published
+// on it. Nothing here is a fake: it is the same server `tidemark serve`
+// embeds, on a temporary directory.
+package bustest
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tidemark-dev/tidemark/events"
+	"github.com/tidemark-dev/tidemark/pkg/bus"
+	"github.com/tidemark-dev/tidemark/pkg/cenats"
+	"github.com/tidemark-dev/tidemark/pkg/natsserver"
+)
+
+// Env is a running server, a bus on it and a recorder of every fact.
+type Env struct {
+	Server *natsserver.Server
+	Conn   *nats.Conn
+	Bus    *bus.Bus
+
+	mu     sync.Mutex
+	facts  []events.Event
+	notify chan struct{}
+}
+
+// Start starts a server (listening on a loopback port, so subprocesses can
+// join) and begins recording facts.
+func Start(t testing.TB) *Env {
+	t.Helper()
+	srv, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	b, err := bus.New(nc, bus.WithSource("tidemark/test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.EnsureTopology(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e := &Env{Server: srv, Conn: nc, Bus: b, notify: make(chan struct{}, 1)}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.OrderedConsumer(context.Background(), bus.StreamEvents, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		ev, err := cenats.Decode(context.Background(), &nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
+		if err != nil {
+			t.Errorf("undecodable fact on %s: %v", m.Subject(), err)
+			return
+		}
+		e.mu.Lock()
+		e.facts = append(e.facts, ev)
+		e.mu.Unlock()
+		select {
+		case e.notify <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cc.Stop)
+	return e
+}
+
+// Publish publishes ev or fails the test.
+func (e *Env) Publish(t testing.TB, ev events.Event) {
+	t.Helper()
+	if _, err := e.Bus.Publish(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Facts returns every fact recorded so far.
+func (e *Env) Facts() []events.Event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]events.Event(nil), e.facts...)
+}
+
+// WaitFor returns the first recorded fact that matches, waiting up to
+// timeout for it.
+func (e *Env) WaitFor(t testing.TB, timeout time.Duration, what string, match func(events.Event) bool) events.Event {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		for _, ev := range e.Facts() {
+			if match(ev) {
+				return ev
+			}
+		}
+		select {
+		case <-e.notify:
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("no %s within %s; facts: %v", what, timeout, e.describe())
+			return events.Event{}
+		}
+	}
+}
+
+func (e *Env) describe() []string {
+	var out []string
+	for _, ev := range e.Facts() {
+		out = append(out, string(ev.Type())+" "+ev.Subject)
+	}
+	return out
+}
+
+// Step matches a fact of payload type P about one run's step.
+func Step[P events.Payload](run events.RunID, step string) func(events.Event) bool {
+	return func(ev events.Event) bool {
+		p, ok := events.As[P](ev)
+		if !ok {
+			return false
+		}
+		switch x := any(p).(type) {
+		case events.HookSucceeded:
+			return x.RunID == run && x.Step == step
+		case events.HookFailed:
+			return x.RunID == run && x.Step == step
+		case events.HookReleased:
+			return x.RunID == run && x.Step == step
+		}
+		return false
+	}
+}
