@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/tidemark-dev/tidemark/events"
@@ -26,6 +27,8 @@ type hold struct {
 	release  []string
 	since    time.Time
 	deadline *time.Timer
+	// done is closed when the hold ends, stopping its progress reports.
+	done chan struct{}
 }
 
 // holdState is the durable record of a hold, kept in KV.
@@ -44,11 +47,12 @@ func (s *Service) recordHold(ctx context.Context, key holdKey, st holdState) err
 }
 
 func (s *Service) startHold(key holdKey, req events.HookRequested, session *sqlsession.Session, release []string, holdFor time.Duration) {
-	h := &hold{key: key, subject: string(req.RunID), session: session, release: release, since: s.cfg.Now()}
+	h := &hold{key: key, subject: string(req.RunID), session: session, release: release, since: s.cfg.Now(), done: make(chan struct{})}
 	s.mu.Lock()
 	if old := s.holds[key]; old != nil {
 		// A duplicate hold for the same step: keep the newer session only.
 		old.deadline.Stop()
+		close(old.done)
 		old.session.Close()
 	}
 	s.holds[key] = h
@@ -59,6 +63,31 @@ func (s *Service) startHold(key holdKey, req events.HookRequested, session *sqls
 			s.publishRelease(h, "deadline")
 		}
 	})
+	go s.reportProgress(h, holdFor)
+}
+
+// reportProgress says, every HoldHeartbeat, that the lock is still held and
+// for how long, so a watcher sees a freeze as it happens and not only after.
+func (s *Service) reportProgress(h *hold, holdFor time.Duration) {
+	t := time.NewTicker(s.cfg.HoldHeartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.done:
+			return
+		case <-t.C:
+			held := events.Duration(s.cfg.Now().Sub(h.since))
+			ev := events.Event{Subject: h.subject, CorrelationID: string(h.key.run), Data: events.HookProgress{
+				RunID: h.key.run, Step: h.key.step, HeldFor: &held,
+				Message: fmt.Sprintf("holding the lock; the dead man's switch releases it after %s", holdFor),
+			}}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if _, err := s.bus.Publish(ctx, ev); err != nil {
+				s.cfg.Logger.Warn("reporting a held lock", "run", h.key.run, "step", h.key.step, "err", err)
+			}
+			cancel()
+		}
+	}
 }
 
 // takeHold removes and returns the hold for key, if this instance has it.
@@ -74,6 +103,7 @@ func (s *Service) takeHold(key holdKey) *hold {
 	if h.deadline != nil {
 		h.deadline.Stop()
 	}
+	close(h.done)
 	return h
 }
 

@@ -40,8 +40,10 @@ type Config struct {
 	Concurrency int
 	// ReleaseTimeout bounds running release statements.
 	ReleaseTimeout time.Duration
-	Logger         *slog.Logger
-	Now            func() time.Time
+	// HoldHeartbeat is how often a held lock is reported (hook.progress).
+	HoldHeartbeat time.Duration
+	Logger        *slog.Logger
+	Now           func() time.Time
 }
 
 // Bus is what the hookrunner needs of the bus.
@@ -76,6 +78,9 @@ func New(cfg Config, b Bus) (*Service, error) {
 	}
 	if cfg.ReleaseTimeout <= 0 {
 		cfg.ReleaseTimeout = 30 * time.Second
+	}
+	if cfg.HoldHeartbeat <= 0 {
+		cfg.HoldHeartbeat = 5 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -5,10 +5,13 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,7 +39,7 @@ func start(t testing.TB) *harness {
 	t.Helper()
 	env := bustest.Start(t)
 	appsDir := t.TempDir()
-	s, err := New(Config{InstanceID: instance, Apps: application.Dir(appsDir), Exec: &local.Executor{}}, env.Bus)
+	s, err := New(Config{InstanceID: instance, Apps: application.Dir(appsDir), Exec: &local.Executor{}, HoldHeartbeat: 200 * time.Millisecond}, env.Bus)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +149,7 @@ func TestRedeliveredCommandDoesNotRunTwice(t *testing.T) {
 func TestUnsupportedKindAndMissingConnectionFailPermanently(t *testing.T) {
 	h := start(t)
 	h.writeApp(t, "shop/app", "mysql", "root@tcp(127.0.0.1:1)/", "UNUSED_PW")
-	h.env.Publish(t, command("run-x", "shop/app", "call", blueprint.KindHTTP, blueprint.HTTPSpec{URL: "http://127.0.0.1:1/"}, 0))
+	h.env.Publish(t, command("run-x", "shop/app", "call", blueprint.KindDump, blueprint.DumpSpec{ExecSpec: blueprint.ExecSpec{Command: []string{"true"}}, Artifact: "dump"}, 0))
 	h.env.Publish(t, command("run-x", "shop/app", "lock", blueprint.KindSQL,
 		blueprint.SQLSpec{Connection: "replica", Statements: []string{"SELECT 1"}}, 0))
 	for step, want := range map[string]string{"call": "not supported", "lock": `no connection "replica"`} {
@@ -249,7 +252,12 @@ func TestDeadMansSwitchReleasesAnUnreleasedLock(t *testing.T) {
 	if !blocked {
 		t.Fatalf("not locked: %v", <-done)
 	}
-	// No release is ever sent: the coordinator is gone.
+	// No release is ever sent: the coordinator is gone. Meanwhile the hold
+	// is reported as it lasts.
+	h.env.WaitFor(t, 30*time.Second, "a progress report", func(ev events.Event) bool {
+		p, ok := events.As[events.HookProgress](ev)
+		return ok && p.RunID == "run-dms" && p.HeldFor != nil && p.HeldFor.Std() > 0
+	})
 	rel := h.env.WaitFor(t, 30*time.Second, "the dead man's release", bustest.Step[events.HookReleased]("run-dms", "lock"))
 	if r, _ := events.As[events.HookReleased](rel); r.By != "deadline" {
 		t.Fatalf("released by %q, want deadline", r.By)
@@ -314,5 +322,77 @@ func TestPostgreSQLBackupModeIsHeldInOneSession(t *testing.T) {
 	}
 	if err := db.QueryRow(q).Scan(&holding); err != nil || holding != 0 {
 		t.Fatalf("the backup session is still there after the release (count %d, %v)", holding, err)
+	}
+}
+
+func TestHTTPStepChecksStatusAndCapturesFields(t *testing.T) {
+	h := start(t)
+	var polls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/_snapshot/backups/snap-1":
+			if r.Method != http.MethodPut || r.Header.Get("Content-Type") != "application/json" {
+				http.Error(w, "bad request", 400)
+				return
+			}
+			fmt.Fprint(w, `{"snapshot":{"uuid":"u-42","state":"IN_PROGRESS","shards":[{"id":7}]}}`)
+		case "/_snapshot/backups/snap-1/_status":
+			if polls.Add(1) < 3 {
+				http.Error(w, `{"state":"IN_PROGRESS"}`, http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprint(w, `{"state":"SUCCESS"}`)
+		default:
+			http.Error(w, "no such index", 404)
+		}
+	}))
+	defer srv.Close()
+	h.env.Publish(t, command("run-http", "es", "snapshot", blueprint.KindHTTP, blueprint.HTTPSpec{
+		Method: "PUT", URL: srv.URL + "/_snapshot/backups/snap-1", Headers: map[string]string{"Content-Type": "application/json"},
+		Body: `{"indices":"*"}`, Capture: map[string]string{"uuid": "/snapshot/uuid", "shard": "/snapshot/shards/0/id"},
+	}, 0))
+	ev := h.env.WaitFor(t, 20*time.Second, "the http step", bustest.Step[events.HookSucceeded]("run-http", "snapshot"))
+	if ok, _ := events.As[events.HookSucceeded](ev); ok.Outputs["uuid"] != "u-42" || ok.Outputs["shard"] != "7" {
+		t.Fatalf("outputs %v", ok.Outputs)
+	}
+	h.env.Publish(t, command("run-http", "es", "missing", blueprint.KindHTTP, blueprint.HTTPSpec{URL: srv.URL + "/nope"}, 0))
+	bad := h.env.WaitFor(t, 20*time.Second, "the failing http step", bustest.Step[events.HookFailed]("run-http", "missing"))
+	if f, _ := events.As[events.HookFailed](bad); !strings.Contains(f.Error, "status 404") || !strings.Contains(f.Error, "no such index") {
+		t.Fatalf("failure %+v", f)
+	}
+	h.env.Publish(t, command("run-http", "es", "wait", blueprint.KindWait, blueprint.WaitSpec{
+		Interval: events.Duration(50 * time.Millisecond),
+		HTTP:     &blueprint.HTTPSpec{URL: srv.URL + "/_snapshot/backups/snap-1/_status", Capture: map[string]string{"state": "/state"}},
+	}, 0))
+	w := h.env.WaitFor(t, 20*time.Second, "the wait", bustest.Step[events.HookSucceeded]("run-http", "wait"))
+	if ok, _ := events.As[events.HookSucceeded](w); ok.Outputs["state"] != "SUCCESS" || polls.Load() != 3 {
+		t.Fatalf("wait ended with %v after %d polls, want SUCCESS after 3", ok.Outputs, polls.Load())
+	}
+}
+
+func TestWaitPollsUntilTheConditionHoldsOrTimesOut(t *testing.T) {
+	h := start(t)
+	flag := filepath.Join(t.TempDir(), "ready")
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		os.WriteFile(flag, nil, 0o600)
+	}()
+	h.env.Publish(t, command("run-wait", "app", "ready", blueprint.KindWait, blueprint.WaitSpec{
+		Interval: events.Duration(50 * time.Millisecond),
+		Exec:     &blueprint.ExecSpec{Command: []string{"test", "-e", flag}},
+	}, 0))
+	h.env.WaitFor(t, 20*time.Second, "the wait to end", bustest.Step[events.HookSucceeded]("run-wait", "ready"))
+
+	never := command("run-wait", "app", "never", blueprint.KindWait, blueprint.WaitSpec{
+		Interval: events.Duration(50 * time.Millisecond),
+		Exec:     &blueprint.ExecSpec{Command: []string{"sh", "-c", "echo still syncing >&2; exit 1"}},
+	}, 0)
+	req, _ := events.As[events.HookRequested](never)
+	req.Timeout = events.Duration(400 * time.Millisecond)
+	never.Data = req
+	h.env.Publish(t, never)
+	ev := h.env.WaitFor(t, 20*time.Second, "the wait to give up", bustest.Step[events.HookFailed]("run-wait", "never"))
+	if f, _ := events.As[events.HookFailed](ev); !strings.Contains(f.Error, "not met within 400ms") || !strings.Contains(f.Error, "still syncing") {
+		t.Fatalf("failure %+v", f)
 	}
 }

@@ -27,8 +27,12 @@ func (s *Service) runStep(ctx context.Context, req events.HookRequested, started
 		return s.runExec(ctx, req, started)
 	case blueprint.KindSQL:
 		return s.runSQL(ctx, req, started)
+	case blueprint.KindHTTP:
+		return s.runHTTP(ctx, req, started)
+	case blueprint.KindWait:
+		return s.runWait(ctx, req, started)
 	default:
-		return failed(req, true, "step kind %q is not supported by this hookrunner yet (it runs exec and sql)", req.Kind)
+		return failed(req, true, "step kind %q is not supported by this hookrunner yet (it runs exec, sql, http and wait)", req.Kind)
 	}
 }
 
