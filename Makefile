@@ -21,6 +21,7 @@ test-race:
 
 fuzz: ## run each fuzz target for FUZZTIME
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/cenats
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pkg/blueprint
 
 lint: ## go vet and staticcheck (pinned)
 	$(GO) vet ./...

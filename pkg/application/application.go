@@ -50,6 +50,12 @@ type Spec struct {
 	Volumes map[string]string `json:"volumes,omitempty"`
 	// Connections are the database sessions the blueprint's sql steps use.
 	Connections map[string]Connection `json:"connections,omitempty"`
+	// Secrets are the values of the blueprint's declared secrets
+	// (.Secrets.<name>), each referenced from env or a file. The hookrunner
+	// fills them in on this side; they never travel in events.
+	Secrets map[string]SecretRef `json:"secrets,omitempty"`
+	// Params override the blueprint's parameters (.Params.<name>).
+	Params map[string]string `json:"params,omitempty"`
 }
 
 // Connection is how to reach a database. DSN carries no password.
@@ -126,7 +132,43 @@ func (a *Application) Validate() error {
 			add("%s.passwordFrom: set exactly one of env and file", field)
 		}
 	}
+	secretNames := make([]string, 0, len(a.Spec.Secrets))
+	for n := range a.Spec.Secrets {
+		secretNames = append(secretNames, n)
+	}
+	sort.Strings(secretNames)
+	for _, n := range secretNames {
+		r := a.Spec.Secrets[n]
+		if (r.Env == "") == (r.File == "") {
+			add("spec.secrets.%s: set exactly one of env and file", n)
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// Secret reads the value of a declared secret.
+func (a *Application) Secret(name string) (string, error) {
+	r, ok := a.Spec.Secrets[name]
+	if !ok {
+		return "", fmt.Errorf("application %s declares no secret %q (add spec.secrets.%s with env or file)", a.Metadata.Name, name, name)
+	}
+	return r.read()
+}
+
+func (r SecretRef) read() (string, error) {
+	if r.Env != "" {
+		v, ok := os.LookupEnv(r.Env)
+		if !ok {
+			return "", fmt.Errorf("variable %s is not set", r.Env)
+		}
+		return v, nil
+	}
+	b, err := os.ReadFile(r.File)
+	if err != nil {
+		// The path is not secret; its content is, and it is not in this error.
+		return "", fmt.Errorf("secret file: %w", err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
 }
 
 func hasInlinePassword(c Connection) bool {
@@ -143,19 +185,11 @@ func (c Connection) Password() (string, error) {
 	if c.PasswordFrom == nil {
 		return "", nil
 	}
-	if c.PasswordFrom.Env != "" {
-		v, ok := os.LookupEnv(c.PasswordFrom.Env)
-		if !ok {
-			return "", fmt.Errorf("password variable %s is not set", c.PasswordFrom.Env)
-		}
-		return v, nil
-	}
-	b, err := os.ReadFile(c.PasswordFrom.File)
+	v, err := c.PasswordFrom.read()
 	if err != nil {
-		// The path is not secret; its content is, and it is not in this error.
-		return "", fmt.Errorf("password file: %w", err)
+		return "", fmt.Errorf("password: %w", err)
 	}
-	return strings.TrimRight(string(b), "\r\n"), nil
+	return v, nil
 }
 
 // DSN returns the data source name with the password filled in. The result

@@ -28,9 +28,13 @@ type TemplateContext struct {
 	// Backup is what the backup being restored (or deleted) recorded; nil
 	// during a backup: .Backup.Steps.lock.Output.labelfile.
 	Backup *BackupRecord
-	// Secrets holds the values of the secrets the blueprint declares in
-	// spec.secrets, by name: .Secrets.password, or index .Secrets "db-pass"
-	// for names that are not identifiers.
+	// Secrets holds, for each secret the blueprint declares in spec.secrets,
+	// a placeholder (SecretPlaceholders): .Secrets.password, or
+	// index .Secrets "db-pass" for names that are not identifiers. The
+	// hookrunner replaces placeholders with the values from the
+	// Application's spec.secrets just before it runs the step, so secret
+	// values never travel in events. Insert a secret on its own; lint
+	// refuses functions applied to one.
 	Secrets map[string]string
 	// Params holds the blueprint's parameters (spec.params, overridden by
 	// the Application definition), by name: .Params.database.

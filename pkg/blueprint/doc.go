@@ -38,7 +38,7 @@
 //	.Object.<field>...                              the annotated workload object, unstructured
 //	.Steps.<step>.Output.<key>                      outputs of earlier steps of this action
 //	.Backup.Steps.<step>.Output.<key>, .Backup.Time what the backup being restored recorded
-//	.Secrets.<name>                                 secrets declared in spec.secrets
+//	.Secrets.<name>                                 secrets declared in spec.secrets (placeholders, filled in by the hookrunner)
 //	.Params.<name>                                  parameters declared in spec.params
 //	.Time                                           when the run started (time.Time)
 //

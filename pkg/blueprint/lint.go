@@ -289,6 +289,10 @@ func (l *linter) templates(action string, steps Action, i int, inverse bool, s *
 	}
 	walkStrings(tree, p+"."+s.Kind, func(field, text string) {
 		check(field, text)
+		if secretTransformed(text) {
+			l.r.add(field, `insert it on its own as {{ .Secrets.name }}, and transform the value in the command (e.g. in its script, from env)`,
+				"a secret passed through a function or condition: secrets are filled in by the hookrunner after rendering, so the template only sees a placeholder")
+		}
 	})
 	walkCommands(tree, p+"."+s.Kind, func(field string, argv []string) {
 		l.command(field, argv)

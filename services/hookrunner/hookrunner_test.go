@@ -396,3 +396,49 @@ func TestWaitPollsUntilTheConditionHoldsOrTimesOut(t *testing.T) {
 		t.Fatalf("failure %+v", f)
 	}
 }
+
+// Secrets are filled in here, on the application's side: the command sees
+// the value, while events carry only the placeholder and output that
+// echoes the value is scrubbed.
+func TestSecretsAreFilledInHereAndNeverLeave(t *testing.T) {
+	h := start(t)
+	const value = "correct-horse-battery"
+	t.Setenv("SHOP_API_KEY", value)
+	doc := `apiVersion: tidemark.io/v1alpha1
+kind: Application
+metadata: {name: shop/es}
+spec:
+  blueprint: elasticsearch
+  secrets:
+    apiKey: {env: SHOP_API_KEY}
+`
+	if err := os.WriteFile(filepath.Join(h.appsDir, "es.yaml"), []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	seen := filepath.Join(t.TempDir(), "seen")
+	h.env.Publish(t, command("run-sec", "shop/es", "use", blueprint.KindExec, blueprint.ExecSpec{
+		Command: []string{"sh", "-c", `printf '%s' "$KEY" > "$OUT"; echo "key=$KEY"`},
+		Env:     map[string]string{"KEY": blueprint.SecretPlaceholder("apiKey"), "OUT": seen},
+	}, 0))
+	ev := h.env.WaitFor(t, 20*time.Second, "the step", bustest.Step[events.HookSucceeded]("run-sec", "use"))
+	if got, _ := os.ReadFile(seen); string(got) != value {
+		t.Fatalf("the command saw %q, want the secret's value", got)
+	}
+	if ok, _ := events.As[events.HookSucceeded](ev); ok.Outputs["key"] != "REDACTED" {
+		t.Fatalf("outputs %v", ok.Outputs)
+	}
+
+	h.env.Publish(t, command("run-sec", "shop/es", "missing", blueprint.KindExec, blueprint.ExecSpec{
+		Command: []string{"true"}, Env: map[string]string{"X": blueprint.SecretPlaceholder("password")},
+	}, 0))
+	bad := h.env.WaitFor(t, 20*time.Second, "the failure", bustest.Step[events.HookFailed]("run-sec", "missing"))
+	if f, _ := events.As[events.HookFailed](bad); !f.Permanent || !strings.Contains(f.Error, "add spec.secrets.password") {
+		t.Fatalf("failure %+v", f)
+	}
+	for _, f := range h.env.Facts() {
+		raw, _ := json.Marshal(f.Data)
+		if strings.Contains(string(raw), value) {
+			t.Fatalf("a %s event carries the secret", f.Type())
+		}
+	}
+}

@@ -115,11 +115,16 @@ func (s *Service) runHTTP(ctx context.Context, req events.HookRequested, started
 	if err != nil {
 		return failed(req, true, "%v", err)
 	}
-	out, err := callHTTP(ctx, s.httpClient(), spec)
-	if err != nil {
-		return failed(req, false, "step %s: %v", req.Step, err)
+	sec := s.secrets(req)
+	filled := sec.http(spec)
+	if sec.err != nil {
+		return failed(req, true, "step %s: %v", req.Step, sec.err)
 	}
-	return events.HookSucceeded{RunID: req.RunID, Step: req.Step, Outputs: nonEmpty(out), StartedAt: started, FinishedAt: s.cfg.Now().UTC()}
+	out, err := callHTTP(ctx, s.httpClient(), filled)
+	if err != nil {
+		return failed(req, false, "step %s: %s", req.Step, sec.scrub(err.Error()))
+	}
+	return events.HookSucceeded{RunID: req.RunID, Step: req.Step, Outputs: nonEmpty(sec.scrubMap(out)), StartedAt: started, FinishedAt: s.cfg.Now().UTC()}
 }
 
 func (s *Service) httpClient() *http.Client {
@@ -143,6 +148,18 @@ func (s *Service) runWait(ctx context.Context, req events.HookRequested, started
 	if set != 1 {
 		return failed(req, true, "step %s: a wait needs exactly one of http, sql and exec (it has %d)", req.Step, set)
 	}
+	sec := s.secrets(req)
+	if spec.HTTP != nil {
+		h := sec.http(*spec.HTTP)
+		spec.HTTP = &h
+	}
+	if spec.Exec != nil {
+		e := sec.exec(*spec.Exec)
+		spec.Exec = &e
+	}
+	if sec.err != nil {
+		return failed(req, true, "step %s: %v", req.Step, sec.err)
+	}
 	interval := spec.Interval.Std()
 	if interval <= 0 {
 		interval = time.Second
@@ -151,12 +168,12 @@ func (s *Service) runWait(ctx context.Context, req events.HookRequested, started
 	for attempt := 1; ; attempt++ {
 		out, err := s.checkOnce(ctx, req, spec)
 		if err == nil {
-			return events.HookSucceeded{RunID: req.RunID, Step: req.Step, Outputs: nonEmpty(out), StartedAt: started, FinishedAt: s.cfg.Now().UTC()}
+			return events.HookSucceeded{RunID: req.RunID, Step: req.Step, Outputs: nonEmpty(sec.scrubMap(out)), StartedAt: started, FinishedAt: s.cfg.Now().UTC()}
 		}
 		last = err
 		select {
 		case <-ctx.Done():
-			return failed(req, false, "step %s: condition not met within %s after %d checks; last: %v", req.Step, req.Timeout, attempt, last)
+			return failed(req, false, "step %s: condition not met within %s after %d checks; last: %s", req.Step, req.Timeout, attempt, sec.scrub(last.Error()))
 		case <-time.After(interval):
 		}
 	}

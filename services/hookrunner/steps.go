@@ -46,25 +46,38 @@ func decodeSpec[T any](req events.HookRequested) (T, error) {
 	return spec, nil
 }
 
+// secrets returns a filler for the step's application. The application is
+// only required when a placeholder asks for one of its secrets.
+func (s *Service) secrets(req events.HookRequested) *secretFiller {
+	app, err := s.cfg.Apps.Application(req.Application)
+	return &secretFiller{app: app, appErr: err}
+}
+
 func (s *Service) runExec(ctx context.Context, req events.HookRequested, started time.Time) events.Payload {
 	spec, err := decodeSpec[blueprint.ExecSpec](req)
 	if err != nil {
 		return failed(req, true, "%v", err)
 	}
-	res, err := s.cfg.Exec.Exec(ctx, platform.ExecRequest{Spec: spec})
+	sec := s.secrets(req)
+	filled := sec.exec(spec)
+	if sec.err != nil {
+		return failed(req, true, "step %s: %v", req.Step, sec.err)
+	}
+	res, err := s.cfg.Exec.Exec(ctx, platform.ExecRequest{Spec: filled})
+	stderr := sec.scrub(stderrTail(res.StderrTail))
 	if err != nil {
 		if ctx.Err() != nil {
-			return failed(req, false, "step %s timed out after %s: %v%s", req.Step, req.Timeout, err, stderrTail(res.StderrTail))
+			return failed(req, false, "step %s timed out after %s: %v%s", req.Step, req.Timeout, err, stderr)
 		}
 		return failed(req, false, "step %s: %v", req.Step, err)
 	}
 	if res.ExitCode != 0 {
-		f := failed(req, false, "step %s: %s exited with %d%s", req.Step, spec.Command[0], res.ExitCode, stderrTail(res.StderrTail))
+		f := failed(req, false, "step %s: %s exited with %d%s", req.Step, spec.Command[0], res.ExitCode, stderr)
 		code := res.ExitCode
 		f.ExitCode = &code
 		return f
 	}
-	return events.HookSucceeded{RunID: req.RunID, Step: req.Step, Outputs: keyValueLines(res.StdoutTail), StartedAt: started, FinishedAt: s.cfg.Now().UTC()}
+	return events.HookSucceeded{RunID: req.RunID, Step: req.Step, Outputs: sec.scrubMap(keyValueLines(res.StdoutTail)), StartedAt: started, FinishedAt: s.cfg.Now().UTC()}
 }
 
 func stderrTail(b []byte) string {
