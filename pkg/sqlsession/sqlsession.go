@@ -21,11 +21,35 @@ import (
 
 // Session is one live database connection.
 type Session struct {
-	mu     sync.Mutex
-	db     *sql.DB
-	conn   *sql.Conn
-	secret string
+	mu      sync.Mutex
+	backend backend
+	secret  string
 }
+
+// backend is one driver's way to run statements on one connection.
+type backend interface {
+	run(ctx context.Context, statement string) (map[string]string, error)
+	ping(ctx context.Context) error
+	close() error
+}
+
+// sqlBackend is a database/sql connection taken out of its pool for good.
+type sqlBackend struct {
+	db   *sql.DB
+	conn *sql.Conn
+}
+
+func (b *sqlBackend) run(ctx context.Context, stmt string) (map[string]string, error) {
+	rows, err := b.conn.QueryContext(ctx, stmt)
+	if err != nil {
+		return nil, err
+	}
+	return firstRow(rows)
+}
+
+func (b *sqlBackend) ping(ctx context.Context) error { return b.conn.PingContext(ctx) }
+
+func (b *sqlBackend) close() error { return errors.Join(b.conn.Close(), b.db.Close()) }
 
 // Open connects with c. The connection's password is read here and kept
 // only to scrub it from driver errors.
@@ -41,8 +65,14 @@ func Open(ctx context.Context, c application.Connection) (*Session, error) {
 		driver = "mysql"
 	case application.DriverPostgres:
 		driver = "pgx"
+	case application.DriverMongoDB:
+		b, err := openMongo(ctx, dsn)
+		if err != nil {
+			return nil, scrub(fmt.Errorf("connecting (mongodb): %w", err), secret)
+		}
+		return &Session{backend: b, secret: secret}, nil
 	default:
-		return nil, fmt.Errorf("sql steps support mysql and postgres connections, not %q", c.Driver)
+		return nil, fmt.Errorf("sql steps support mysql, postgres and mongodb connections, not %q", c.Driver)
 	}
 	db, err := sql.Open(driver, dsn)
 	if err != nil {
@@ -54,7 +84,7 @@ func Open(ctx context.Context, c application.Connection) (*Session, error) {
 		db.Close()
 		return nil, scrub(fmt.Errorf("connecting (%s): %w", c.Driver, err), secret)
 	}
-	return &Session{db: db, conn: conn, secret: secret}, nil
+	return &Session{backend: &sqlBackend{db: db, conn: conn}, secret: secret}, nil
 }
 
 // Run executes statements in order on the session. The columns of the first
@@ -62,16 +92,13 @@ func Open(ctx context.Context, c application.Connection) (*Session, error) {
 func (s *Session) Run(ctx context.Context, statements []string) (map[string]string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.conn == nil {
+	if s.backend == nil {
 		return nil, errors.New("session is closed")
 	}
 	var out map[string]string
 	for i, stmt := range statements {
-		rows, err := s.conn.QueryContext(ctx, stmt)
-		if err != nil {
-			return nil, scrub(fmt.Errorf("statement %d (%s): %w", i+1, firstWords(stmt), err), s.secret)
-		}
-		out, err = firstRow(rows)
+		var err error
+		out, err = s.backend.run(ctx, stmt)
 		if err != nil {
 			return nil, scrub(fmt.Errorf("statement %d (%s): %w", i+1, firstWords(stmt), err), s.secret)
 		}
@@ -83,22 +110,22 @@ func (s *Session) Run(ctx context.Context, statements []string) (map[string]stri
 func (s *Session) Alive(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.conn == nil {
+	if s.backend == nil {
 		return errors.New("session is closed")
 	}
-	return scrub(s.conn.PingContext(ctx), s.secret)
+	return scrub(s.backend.ping(ctx), s.secret)
 }
 
 // Close ends the session; whatever it held is released by the server.
 func (s *Session) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.conn == nil {
+	if s.backend == nil {
 		return nil
 	}
-	err := s.conn.Close()
-	s.conn = nil
-	return errors.Join(err, s.db.Close())
+	err := s.backend.close()
+	s.backend = nil
+	return err
 }
 
 func firstRow(rows *sql.Rows) (map[string]string, error) {
