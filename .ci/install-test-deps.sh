@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the database servers that tests/dbserver starts: mariadb-server
-# (mariadbd) and PostgreSQL 15 (/usr/lib/postgresql/15/bin). Idempotent:
+# Installs what the tests need from apt: the database servers that
+# tests/dbserver starts (mariadb-server's mariadbd, PostgreSQL 15 under
+# /usr/lib/postgresql/15/bin) and xfsprogs for the snapshotter's reflink test. Idempotent:
 # installs only what is missing. Needs root (CI runs as root).
 set -euo pipefail
 
@@ -30,13 +31,27 @@ have_mariadbd() { PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v mariadbd >/d
 if ! have_mariadbd; then
   echo "install-test-deps: installing mariadb-server"
   apt_install mariadb-server
-  have_mariadbd || { echo "install-test-deps: mariadbd still missing after apt-get install mariadb-server" >&2; exit 1; }
+  have_mariadbd || { # mkfs.xfs, for the snapshotter's reflink test on an XFS loop image. Without
+# it (or without loop devices) that one test skips and says why.
+if ! PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.xfs >/dev/null 2>&1; then
+  echo "install-test-deps: installing xfsprogs"
+  apt_install xfsprogs
+fi
+
+echo "install-test-deps: mariadbd still missing after apt-get install mariadb-server" >&2; exit 1; }
 fi
 
 if [ ! -x "$PG_BIN/postgres" ]; then
   echo "install-test-deps: installing postgresql-15"
   apt_install postgresql-15
   [ -x "$PG_BIN/postgres" ] || { echo "install-test-deps: $PG_BIN/postgres still missing after apt-get install postgresql-15" >&2; exit 1; }
+fi
+
+# mkfs.xfs, for the snapshotter's reflink test on an XFS loop image. Without
+# it (or without loop devices) that one test skips and says why.
+if ! PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.xfs >/dev/null 2>&1; then
+  echo "install-test-deps: installing xfsprogs"
+  apt_install xfsprogs
 fi
 
 echo "install-test-deps: mariadbd $(PATH="$PATH:/usr/sbin" mariadbd --version 2>/dev/null | head -1 | awk '{print $3}'), postgres $("$PG_BIN/postgres" --version | awk '{print $3}')"

@@ -37,6 +37,8 @@ const (
 	// BucketHooks holds hookrunner results by idempotency key and the
 	// registry of held sessions.
 	BucketHooks = "tidemark-hooks"
+	// BucketSnapshots holds snapshotter results by idempotency key.
+	BucketSnapshots = "tidemark-snapshots"
 )
 
 // Retention says what removes messages from a stream.
@@ -122,6 +124,7 @@ func DefaultTopology(o TopologyOptions) Topology {
 			{Name: BucketRuns, Description: "Durable state of backup and restore runs", History: 8},
 			{Name: BucketLeases, Description: "Per-run ownership leases of coordinator instances", History: 1, TTL: 30 * time.Second},
 			{Name: BucketHooks, Description: "Hook results by idempotency key, and held sessions", History: 1, TTL: 7 * 24 * time.Hour},
+			{Name: BucketSnapshots, Description: "Snapshotter results by idempotency key", History: 1, TTL: 7 * 24 * time.Hour},
 		},
 	}
 }

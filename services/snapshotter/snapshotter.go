@@ -1,0 +1,258 @@
+// Package snapshotter takes volume snapshots (one volume or a group of them,
+// in one pass while the application is quiesced) and deletes them once their
+// data has been exported or their run has failed. It reports each result as
+// an event. At start it sweeps away snapshots a crashed run left behind.
+//
+// A request's volumes are always taken in one pass, in order, all or
+// nothing; on the local platform that is also what Group asks for, since
+// the application stays quiesced for the whole call. Results are kept in
+// KV by idempotency key, so a redelivered request repeats its answer
+// instead of taking new snapshots.
+package snapshotter
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/tidemark-dev/tidemark/events"
+	"github.com/tidemark-dev/tidemark/pkg/bus"
+	"github.com/tidemark-dev/tidemark/pkg/platform"
+)
+
+// Name is the service's name in `tidemark serve --services`.
+const Name = "snapshotter"
+
+// DefaultMaxAge is how old a snapshot may grow before the startup sweep
+// deletes it. It must exceed the longest export: a run still exporting a
+// snapshot when the snapshotter restarts would lose it.
+const DefaultMaxAge = 24 * time.Hour
+
+// Config configures a snapshotter.
+type Config struct {
+	Snapshotter platform.Snapshotter
+	// MaxAge is the age past which the startup sweep deletes a snapshot.
+	MaxAge time.Duration
+	// Concurrency is how many snapshot requests are handled at once.
+	Concurrency int
+	Logger      *slog.Logger
+	// Now is the sweep's clock.
+	Now func() time.Time
+}
+
+// Bus is what the snapshotter needs of the bus.
+type Bus interface {
+	Consume(ctx context.Context, spec bus.ConsumerSpec, h bus.Handler) error
+	KeyValue(ctx context.Context, bucket string) (bus.KV, error)
+}
+
+// Service is a snapshotter instance.
+type Service struct {
+	cfg Config
+	bus Bus
+	kv  bus.KV
+}
+
+// New returns a snapshotter.
+func New(cfg Config, b Bus) (*Service, error) {
+	if cfg.Snapshotter == nil {
+		return nil, errors.New("snapshotter: Snapshotter is required")
+	}
+	if b == nil {
+		return nil, errors.New("snapshotter: a bus is required")
+	}
+	if cfg.MaxAge <= 0 {
+		cfg.MaxAge = DefaultMaxAge
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 4
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Service{cfg: cfg, bus: b}, nil
+}
+
+func consumer(name string, p events.Payload, concurrency int) bus.ConsumerSpec {
+	d, _ := events.Lookup(p.EventType())
+	return bus.ConsumerSpec{
+		Name:           name,
+		Stream:         bus.StreamSnapshotCommands,
+		FilterSubjects: []string{d.Subject()},
+		AckWait:        30 * time.Second,
+		MaxDeliver:     5,
+		Concurrency:    concurrency,
+	}
+}
+
+// Run sweeps away leftover snapshots, then consumes snapshot and delete
+// commands until ctx is done.
+func (s *Service) Run(ctx context.Context) error {
+	kv, err := s.bus.KeyValue(ctx, bus.BucketSnapshots)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	s.kv = kv
+	// The sweep is housekeeping: when it fails the service still works,
+	// and the next start tries again.
+	if _, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
+		s.cfg.Logger.Error("sweeping leftover snapshots", "err", err)
+	}
+	errs := make(chan error, 2)
+	go func() {
+		errs <- s.bus.Consume(ctx, consumer("snapshotter", events.SnapshotRequested{}, s.cfg.Concurrency), s.handleRequest)
+	}()
+	go func() {
+		errs <- s.bus.Consume(ctx, consumer("snapshotter-delete", events.SnapshotDeleteRequested{}, 1), s.handleDelete)
+	}()
+	return errors.Join(<-errs, <-errs)
+}
+
+// handleRequest takes the snapshots of one request. A snapshot that fails
+// is a result (snapshot.failed), not a handler error: only trouble with
+// Tidemark's own infrastructure is retried by redelivery.
+func (s *Service) handleRequest(ctx context.Context, ev events.Event) ([]events.Event, error) {
+	req, ok := events.As[events.SnapshotRequested](ev)
+	if !ok {
+		return nil, bus.Permanentf("snapshotter: unexpected %s", ev.Type())
+	}
+	key := resultKey(req.IdempotencyKey)
+	if p, done, err := s.loadResult(ctx, key); err != nil {
+		return nil, err
+	} else if done {
+		s.cfg.Logger.Info("snapshots already taken; repeating the result", "run", req.RunID, "step", req.Step)
+		return []events.Event{{Subject: ev.Subject, Data: p}}, nil
+	}
+
+	snaps, err := s.cfg.Snapshotter.Snapshot(ctx, req.RunID, req.Volumes)
+	if err != nil && ctx.Err() != nil {
+		// Shutting down mid-snapshot: nothing is left behind, so let the
+		// command be redelivered rather than record a failure.
+		return nil, ctx.Err()
+	}
+	var result events.Payload
+	if err != nil {
+		permanent := platform.IsPermanentSnapshotError(err)
+		s.cfg.Logger.Warn("snapshot failed", "run", req.RunID, "application", req.Application, "step", req.Step, "permanent", permanent, "err", err)
+		result = events.SnapshotFailed{RunID: req.RunID, Step: req.Step, Error: err.Error(), Permanent: permanent}
+	} else {
+		result = ready(req, snaps)
+		s.logTaken(req, snaps)
+	}
+
+	// Snapshots taken must be recorded even if shutdown began meanwhile,
+	// so the redelivered command repeats them instead of taking new ones.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := s.storeResult(sctx, key, result); err != nil {
+		s.discard(sctx, snaps)
+		return nil, fmt.Errorf("storing the result of %s/%s: %w", req.RunID, req.Step, err)
+	}
+	return []events.Event{{Subject: ev.Subject, Data: result}}, nil
+}
+
+func ready(req events.SnapshotRequested, snaps []platform.Snapshot) events.SnapshotReady {
+	r := events.SnapshotReady{RunID: req.RunID, Step: req.Step, Snapshots: make([]events.VolumeSnapshot, len(snaps))}
+	for i, sn := range snaps {
+		r.Snapshots[i] = events.VolumeSnapshot{
+			Volume: sn.Volume, SnapshotID: sn.ID, Method: sn.Method,
+			Bytes: sn.Bytes, Duration: events.Duration(sn.Duration),
+		}
+	}
+	return r
+}
+
+func (s *Service) logTaken(req events.SnapshotRequested, snaps []platform.Snapshot) {
+	for _, sn := range snaps {
+		s.cfg.Logger.Info("snapshot taken", "run", req.RunID, "application", req.Application, "volume", sn.Volume,
+			"snapshot", sn.ID, "method", sn.Method, "bytes", sn.Bytes, "duration", sn.Duration, "group", req.Group)
+	}
+}
+
+// discard deletes snapshots whose result could not be recorded: the
+// redelivered command will take them again.
+func (s *Service) discard(ctx context.Context, snaps []platform.Snapshot) {
+	for _, sn := range snaps {
+		if err := s.cfg.Snapshotter.Delete(ctx, sn.ID); err != nil {
+			s.cfg.Logger.Error("deleting an unrecorded snapshot; the startup sweep will retry", "run", sn.RunID, "snapshot", sn.ID, "err", err)
+		}
+	}
+}
+
+// handleDelete deletes snapshots. Deleting is idempotent: a snapshot that
+// is already gone counts as deleted, so a redelivered command succeeds.
+func (s *Service) handleDelete(ctx context.Context, ev events.Event) ([]events.Event, error) {
+	req, ok := events.As[events.SnapshotDeleteRequested](ev)
+	if !ok {
+		return nil, bus.Permanentf("snapshotter: unexpected %s", ev.Type())
+	}
+	var errs []error
+	for _, id := range req.SnapshotIDs {
+		if err := s.cfg.Snapshotter.Delete(ctx, id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		if platform.IsPermanentSnapshotError(err) {
+			return nil, bus.Permanent(err)
+		}
+		return nil, err
+	}
+	s.cfg.Logger.Info("snapshots deleted", "run", req.RunID, "snapshots", req.SnapshotIDs, "reason", req.Reason)
+	return []events.Event{{Subject: ev.Subject, Data: events.SnapshotDeleted{RunID: req.RunID, SnapshotIDs: req.SnapshotIDs}}}, nil
+}
+
+// resultKey names the stored result of a request by its idempotency key.
+func resultKey(idempotencyKey string) string {
+	sum := sha256.Sum256([]byte(idempotencyKey))
+	return "result." + hex.EncodeToString(sum[:16])
+}
+
+// storedResult is a result event kept so a redelivered request gets the
+// same answer without taking a second snapshot.
+type storedResult struct {
+	Type events.Type     `json:"type"`
+	Data json.RawMessage `json:"data"`
+}
+
+func (s *Service) loadResult(ctx context.Context, key string) (events.Payload, bool, error) {
+	raw, err := s.kv.Get(ctx, key)
+	if errors.Is(err, bus.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	var r storedResult
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, false, fmt.Errorf("stored result %s: %w", key, err)
+	}
+	p, err := events.DecodePayload(r.Type, r.Data)
+	if err != nil {
+		return nil, false, fmt.Errorf("stored result %s: %w", key, err)
+	}
+	return p, true, nil
+}
+
+func (s *Service) storeResult(ctx context.Context, key string, p events.Payload) error {
+	data, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	raw, err := json.Marshal(storedResult{Type: p.EventType(), Data: data})
+	if err != nil {
+		return err
+	}
+	return s.kv.Put(ctx, key, raw)
+}
