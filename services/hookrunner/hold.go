@@ -17,7 +17,7 @@ type holdKey struct {
 	step string
 }
 
-func (k holdKey) kvKey() string { return resultKey("hold", string(k.run)+"\x00"+k.step) }
+func (k holdKey) kvKey() string { return bus.KeyFor("hold", string(k.run)+"\x00"+k.step) }
 
 // hold is a live session keeping a lock.
 type hold struct {
@@ -157,8 +157,7 @@ func (s *Service) handleRelease(ctx context.Context, ev events.Event) ([]events.
 	if !ok {
 		return nil, bus.Permanentf("hookrunner: unexpected %s", ev.Type())
 	}
-	key := resultKey("release", req.IdempotencyKey)
-	if p, done, err := s.loadResult(ctx, key); err != nil {
+	if p, done, err := s.releases.Load(ctx, req.IdempotencyKey); err != nil {
 		return nil, err
 	} else if done {
 		return []events.Event{{Subject: ev.Subject, Data: p}}, nil
@@ -187,7 +186,7 @@ func (s *Service) handleRelease(ctx context.Context, ev events.Event) ([]events.
 			}
 		}
 	}
-	if err := s.storeResult(ctx, key, r); err != nil {
+	if err := s.releases.Store(ctx, req.IdempotencyKey, r); err != nil {
 		return nil, err
 	}
 	return []events.Event{{Subject: ev.Subject, Data: r}}, nil

@@ -7,9 +7,6 @@ package hookrunner
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -55,9 +52,11 @@ type Bus interface {
 
 // Service is a hookrunner instance.
 type Service struct {
-	cfg Config
-	bus Bus
-	kv  bus.KV
+	cfg      Config
+	bus      Bus
+	kv       bus.KV
+	results  *bus.Results
+	releases *bus.Results
 
 	mu    sync.Mutex
 	holds map[holdKey]*hold
@@ -126,56 +125,14 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.kv = kv
+	s.results = bus.NewResults(kv, "result")
+	s.releases = bus.NewResults(kv, "release")
 	errs := make(chan error, 2)
 	go func() { errs <- s.bus.Consume(ctx, s.requestConsumer(), s.handleRequest) }()
 	go func() { errs <- s.bus.Consume(ctx, s.releaseConsumer(), s.handleRelease) }()
 	err = errors.Join(<-errs, <-errs)
 	s.releaseAll("shutdown")
 	return err
-}
-
-// resultKey names the stored result of a command by its idempotency key.
-func resultKey(kind, idempotencyKey string) string {
-	sum := sha256.Sum256([]byte(idempotencyKey))
-	return kind + "." + hex.EncodeToString(sum[:16])
-}
-
-// storedResult is a result event kept so a redelivered command gets the
-// same answer without running twice.
-type storedResult struct {
-	Type events.Type     `json:"type"`
-	Data json.RawMessage `json:"data"`
-}
-
-func (s *Service) loadResult(ctx context.Context, key string) (events.Payload, bool, error) {
-	raw, err := s.kv.Get(ctx, key)
-	if errors.Is(err, bus.ErrKeyNotFound) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	var r storedResult
-	if err := json.Unmarshal(raw, &r); err != nil {
-		return nil, false, fmt.Errorf("stored result %s: %w", key, err)
-	}
-	p, err := events.DecodePayload(r.Type, r.Data)
-	if err != nil {
-		return nil, false, fmt.Errorf("stored result %s: %w", key, err)
-	}
-	return p, true, nil
-}
-
-func (s *Service) storeResult(ctx context.Context, key string, p events.Payload) error {
-	data, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	raw, err := json.Marshal(storedResult{Type: p.EventType(), Data: data})
-	if err != nil {
-		return err
-	}
-	return s.kv.Put(ctx, key, raw)
 }
 
 // handleRequest runs one step. A step that fails is a result (hook.failed),
@@ -186,8 +143,7 @@ func (s *Service) handleRequest(ctx context.Context, ev events.Event) ([]events.
 	if !ok {
 		return nil, bus.Permanentf("hookrunner: unexpected %s", ev.Type())
 	}
-	key := resultKey("result", req.IdempotencyKey)
-	if p, done, err := s.loadResult(ctx, key); err != nil {
+	if p, done, err := s.results.Load(ctx, req.IdempotencyKey); err != nil {
 		return nil, err
 	} else if done {
 		s.cfg.Logger.Info("step already ran; repeating its result", "run", req.RunID, "step", req.Step)
@@ -203,7 +159,7 @@ func (s *Service) handleRequest(ctx context.Context, ev events.Event) ([]events.
 		}
 		return nil, ctx.Err()
 	}
-	if err := s.storeResult(ctx, key, result); err != nil {
+	if err := s.results.Store(ctx, req.IdempotencyKey, result); err != nil {
 		return nil, fmt.Errorf("storing the result of %s/%s: %w", req.RunID, req.Step, err)
 	}
 	return []events.Event{{Subject: ev.Subject, Data: result}}, nil

@@ -12,9 +12,6 @@ package snapshotter
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,9 +50,9 @@ type Bus interface {
 
 // Service is a snapshotter instance.
 type Service struct {
-	cfg Config
-	bus Bus
-	kv  bus.KV
+	cfg     Config
+	bus     Bus
+	results *bus.Results
 }
 
 // New returns a snapshotter.
@@ -103,7 +100,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	s.kv = kv
+	s.results = bus.NewResults(kv, "result")
 	// The sweep is housekeeping: when it fails the service still works,
 	// and the next start tries again.
 	if _, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
@@ -127,8 +124,7 @@ func (s *Service) handleRequest(ctx context.Context, ev events.Event) ([]events.
 	if !ok {
 		return nil, bus.Permanentf("snapshotter: unexpected %s", ev.Type())
 	}
-	key := resultKey(req.IdempotencyKey)
-	if p, done, err := s.loadResult(ctx, key); err != nil {
+	if p, done, err := s.results.Load(ctx, req.IdempotencyKey); err != nil {
 		return nil, err
 	} else if done {
 		s.cfg.Logger.Info("snapshots already taken; repeating the result", "run", req.RunID, "step", req.Step)
@@ -155,7 +151,7 @@ func (s *Service) handleRequest(ctx context.Context, ev events.Event) ([]events.
 	// so the redelivered command repeats them instead of taking new ones.
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := s.storeResult(sctx, key, result); err != nil {
+	if err := s.results.Store(sctx, req.IdempotencyKey, result); err != nil {
 		s.discard(sctx, snaps)
 		return nil, fmt.Errorf("storing the result of %s/%s: %w", req.RunID, req.Step, err)
 	}
@@ -211,48 +207,4 @@ func (s *Service) handleDelete(ctx context.Context, ev events.Event) ([]events.E
 	}
 	s.cfg.Logger.Info("snapshots deleted", "run", req.RunID, "snapshots", req.SnapshotIDs, "reason", req.Reason)
 	return []events.Event{{Subject: ev.Subject, Data: events.SnapshotDeleted{RunID: req.RunID, SnapshotIDs: req.SnapshotIDs}}}, nil
-}
-
-// resultKey names the stored result of a request by its idempotency key.
-func resultKey(idempotencyKey string) string {
-	sum := sha256.Sum256([]byte(idempotencyKey))
-	return "result." + hex.EncodeToString(sum[:16])
-}
-
-// storedResult is a result event kept so a redelivered request gets the
-// same answer without taking a second snapshot.
-type storedResult struct {
-	Type events.Type     `json:"type"`
-	Data json.RawMessage `json:"data"`
-}
-
-func (s *Service) loadResult(ctx context.Context, key string) (events.Payload, bool, error) {
-	raw, err := s.kv.Get(ctx, key)
-	if errors.Is(err, bus.ErrKeyNotFound) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	var r storedResult
-	if err := json.Unmarshal(raw, &r); err != nil {
-		return nil, false, fmt.Errorf("stored result %s: %w", key, err)
-	}
-	p, err := events.DecodePayload(r.Type, r.Data)
-	if err != nil {
-		return nil, false, fmt.Errorf("stored result %s: %w", key, err)
-	}
-	return p, true, nil
-}
-
-func (s *Service) storeResult(ctx context.Context, key string, p events.Payload) error {
-	data, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	raw, err := json.Marshal(storedResult{Type: p.EventType(), Data: data})
-	if err != nil {
-		return err
-	}
-	return s.kv.Put(ctx, key, raw)
 }
