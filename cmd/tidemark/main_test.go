@@ -218,6 +218,8 @@ func TestBadSettingsAreRejectedWithTheFlagName(t *testing.T) {
 		{[]string{"serve", "--services", "mover"}, nil, `unknown service "mover"`},
 		{[]string{"serve", "--services", "datamover"}, nil, "not built into this version"},
 		{[]string{"serve", "--stream-replicas", "2"}, nil, "--stream-replicas"},
+		{[]string{"serve", "--snapshot-max-age", "10m"}, nil, "--snapshot-max-age"},
+		{[]string{"serve", "--instance-id", "host.example"}, nil, "--instance-id"},
 		{[]string{"serve", "--shutdown-timeout", "soon"}, nil, "--shutdown-timeout"},
 		{[]string{"serve"}, map[string]string{"TIDEMARK_SHUTDOWN_TIMEOUT": "10"}, "TIDEMARK_SHUTDOWN_TIMEOUT"},
 		{[]string{"serve", "--nats-url", "nats://127.0.0.1:1", "--nats-tls-cert", "main.go"}, nil, "--nats-tls-key"},

@@ -57,6 +57,7 @@ type serveOptions struct {
 	shutdownTimeout time.Duration
 	instanceID      string
 	appsDir         string
+	snapshotMaxAge  time.Duration
 }
 
 func defaultDataDir() string {
@@ -110,6 +111,7 @@ exits 0.`,
 	f.DurationVar(&o.eventsRetention, "events-retention", 30*24*time.Hour, "how long the audit log keeps events")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight work may finish after SIGTERM")
 	f.StringVar(&o.instanceID, "instance-id", defaultInstanceID(), "this process's id among its peers (letters, digits, _ and -); lock releases are routed by it, so keep it stable")
+	f.DurationVar(&o.snapshotMaxAge, "snapshot-max-age", 24*time.Hour, "leftover snapshots older than this are deleted when the snapshotter starts; keep it longer than your longest export")
 	f.StringVar(&o.appsDir, "apps-dir", "", "directory of Application files for the local platform (default <data-dir>/apps)")
 	return cmd
 }
@@ -133,6 +135,9 @@ func (o *serveOptions) validate() error {
 	}
 	if o.dataDir == "" {
 		return errors.New("--data-dir is empty")
+	}
+	if o.snapshotMaxAge < time.Hour {
+		return fmt.Errorf("--snapshot-max-age %s: keep leftover snapshots at least 1h, longer than any export", o.snapshotMaxAge)
 	}
 	if !instanceIDPattern.MatchString(o.instanceID) {
 		return fmt.Errorf("--instance-id %q: use letters, digits, _ and - only", o.instanceID)
@@ -198,7 +203,7 @@ func (o *serveOptions) run(ctx context.Context, log *slog.Logger) error {
 	if appsDir == "" {
 		appsDir = filepath.Join(o.dataDir, "apps")
 	}
-	svcs, err := service.Build(names, service.Deps{Bus: b, Logger: log, DataDir: o.dataDir, Metrics: reg, InstanceID: o.instanceID, AppsDir: appsDir})
+	svcs, err := service.Build(names, service.Deps{Bus: b, Logger: log, DataDir: o.dataDir, Metrics: reg, InstanceID: o.instanceID, AppsDir: appsDir, SnapshotMaxAge: o.snapshotMaxAge})
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -36,6 +37,9 @@ type Deps struct {
 	InstanceID string
 	// AppsDir holds the Application files of the local platform.
 	AppsDir string
+	// SnapshotMaxAge is how old a leftover snapshot may be before the
+	// snapshotter's startup sweep deletes it (zero: its default).
+	SnapshotMaxAge time.Duration
 }
 
 // Factory builds a service from its dependencies.

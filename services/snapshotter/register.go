@@ -20,6 +20,6 @@ func init() {
 		if err != nil {
 			return nil, err
 		}
-		return New(Config{Snapshotter: snap, Logger: log}, d.Bus)
+		return New(Config{Snapshotter: snap, Logger: log, MaxAge: d.SnapshotMaxAge}, d.Bus)
 	})
 }
