@@ -47,8 +47,10 @@ func (VolumeExportProgress) EventType() Type { return "io.tidemark.volume.export
 
 // VolumeExported reports a volume stored in the repository.
 type VolumeExported struct {
-	RunID      RunID      `json:"runId"`
-	Volume     string     `json:"volume"`
+	RunID  RunID  `json:"runId"`
+	Volume string `json:"volume"`
+	// SourceKind echoes the request: "snapshot" or "dump".
+	SourceKind string     `json:"sourceKind,omitempty"`
 	ManifestID ManifestID `json:"manifestId"`
 	Files      int64      `json:"files"`
 	Bytes      int64      `json:"bytes"`

@@ -25,6 +25,7 @@ import (
 	"github.com/tidemark-dev/tidemark/pkg/bus"
 	"github.com/tidemark-dev/tidemark/pkg/natsserver"
 	"github.com/tidemark-dev/tidemark/pkg/service"
+	_ "github.com/tidemark-dev/tidemark/services/catalog"    // registers the service
 	_ "github.com/tidemark-dev/tidemark/services/hookrunner" // registers the service
 	_ "github.com/tidemark-dev/tidemark/services/snapshotter"
 )

@@ -17,6 +17,8 @@ type KV interface {
 	Get(ctx context.Context, key string) ([]byte, error)
 	Put(ctx context.Context, key string, value []byte) error
 	Delete(ctx context.Context, key string) error
+	// Keys lists every key, in no particular order.
+	Keys(ctx context.Context) ([]string, error)
 }
 
 type kv struct{ kv jetstream.KeyValue }
@@ -54,4 +56,16 @@ func (k kv) Delete(ctx context.Context, key string) error {
 		return nil
 	}
 	return err
+}
+
+func (k kv) Keys(ctx context.Context) ([]string, error) {
+	lister, err := k.kv.ListKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for key := range lister.Keys() {
+		keys = append(keys, key)
+	}
+	return keys, nil
 }

@@ -37,8 +37,12 @@ const (
 	// BucketHooks holds hookrunner results by idempotency key and the
 	// registry of held sessions.
 	BucketHooks = "tidemark-hooks"
+	// BucketCatalog holds restore points and the runs still gathering theirs.
+	BucketCatalog = "tidemark-catalog"
 	// BucketSnapshots holds snapshotter results by idempotency key.
 	BucketSnapshots = "tidemark-snapshots"
+	// BucketMovers holds data mover results by idempotency key.
+	BucketMovers = "tidemark-movers"
 )
 
 // Retention says what removes messages from a stream.
@@ -124,7 +128,9 @@ func DefaultTopology(o TopologyOptions) Topology {
 			{Name: BucketRuns, Description: "Durable state of backup and restore runs", History: 8},
 			{Name: BucketLeases, Description: "Per-run ownership leases of coordinator instances", History: 1, TTL: 30 * time.Second},
 			{Name: BucketHooks, Description: "Hook results by idempotency key, and held sessions", History: 1, TTL: 7 * 24 * time.Hour},
+			{Name: BucketCatalog, Description: "Restore points, and runs still gathering their artifacts", History: 4},
 			{Name: BucketSnapshots, Description: "Snapshotter results by idempotency key", History: 1, TTL: 7 * 24 * time.Hour},
+			{Name: BucketMovers, Description: "Data mover results by idempotency key", History: 1, TTL: 7 * 24 * time.Hour},
 		},
 	}
 }

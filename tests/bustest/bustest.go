@@ -143,3 +143,36 @@ func Step[P events.Payload](run events.RunID, step string) func(events.Event) bo
 		return false
 	}
 }
+
+// DeadLetters returns every dead letter stored so far.
+func (e *Env) DeadLetters(t testing.TB) []events.DeadLettered {
+	t.Helper()
+	ctx := context.Background()
+	js, err := jetstream.New(e.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, bus.StreamDeadLetter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []events.DeadLettered
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			continue
+		}
+		ev, err := cenats.Decode(ctx, &nats.Msg{Subject: m.Subject, Header: m.Header, Data: m.Data})
+		if err != nil {
+			t.Fatalf("dead letter %d: %v", seq, err)
+		}
+		if dl, ok := events.As[events.DeadLettered](ev); ok {
+			out = append(out, dl)
+		}
+	}
+	return out
+}
