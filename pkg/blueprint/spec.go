@@ -77,4 +77,8 @@ type SQLQuerySpec struct {
 type DumpSpec struct {
 	ExecSpec
 	Artifact string `json:"artifact"`
+	// FromArtifact feeds the stored artifact to the command's stdin (a
+	// logical restore) instead of storing the command's stdout (a backup).
+	// The coordinator sets it for the dump steps of restore actions.
+	FromArtifact bool `json:"fromArtifact,omitempty"`
 }

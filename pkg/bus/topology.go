@@ -81,6 +81,8 @@ type BucketSpec struct {
 type Topology struct {
 	Streams []StreamSpec
 	Buckets []BucketSpec
+	// ObjectBuckets hold large streams (dumps) on their way between services.
+	ObjectBuckets []ObjectBucketSpec
 	// Replicas is the replication factor of every stream and bucket: 1 on
 	// the embedded server, 3 or 5 on a cluster.
 	Replicas int
@@ -123,6 +125,9 @@ func DefaultTopology(o TopologyOptions) Topology {
 			cmd(StreamHookCommands, "Blueprint step commands for the hookrunner", "hook"),
 			cmd(StreamSnapshotCommands, "Snapshot commands for the snapshotter", "snapshot"),
 			cmd(StreamVolumeCommands, "Volume export and import work items for data movers", "volume"),
+		},
+		ObjectBuckets: []ObjectBucketSpec{
+			{Name: BucketDumps, Description: "Dump streams between the hookrunner and data movers", TTL: 7 * 24 * time.Hour},
 		},
 		Buckets: []BucketSpec{
 			{Name: BucketRuns, Description: "Durable state of backup and restore runs", History: 8},
@@ -197,6 +202,19 @@ func (t Topology) ensure(ctx context.Context, js jetstream.JetStream) error {
 			return fmt.Errorf("%w: stream %s: %v", ErrTopology, s.Name, err)
 		}
 	}
+	for _, b := range t.ObjectBuckets {
+		cfg := jetstream.ObjectStoreConfig{
+			Bucket:      b.Name,
+			Description: b.Description,
+			TTL:         b.TTL,
+			Storage:     jetstream.FileStorage,
+			Replicas:    t.Replicas,
+			Compression: true,
+		}
+		if _, err := js.CreateOrUpdateObjectStore(ctx, cfg); err != nil {
+			return fmt.Errorf("%w: object bucket %s: %v", ErrTopology, b.Name, err)
+		}
+	}
 	for _, b := range t.Buckets {
 		cfg := jetstream.KeyValueConfig{
 			Bucket:      b.Name,
@@ -223,6 +241,11 @@ func (t Topology) check(ctx context.Context, js jetstream.JetStream) error {
 	for _, b := range t.Buckets {
 		if _, err := js.KeyValue(ctx, b.Name); err != nil {
 			return fmt.Errorf("%w: bucket %s: %v", ErrTopology, b.Name, err)
+		}
+	}
+	for _, b := range t.ObjectBuckets {
+		if _, err := js.ObjectStore(ctx, b.Name); err != nil {
+			return fmt.Errorf("%w: object bucket %s: %v", ErrTopology, b.Name, err)
 		}
 	}
 	return nil

@@ -48,6 +48,7 @@ type Bus interface {
 	bus.Publisher
 	Consume(ctx context.Context, spec bus.ConsumerSpec, h bus.Handler) error
 	KeyValue(ctx context.Context, bucket string) (bus.KV, error)
+	ObjectStore(ctx context.Context, bucket string) (bus.Objects, error)
 }
 
 // Service is a hookrunner instance.

@@ -149,7 +149,7 @@ func TestRedeliveredCommandDoesNotRunTwice(t *testing.T) {
 func TestUnsupportedKindAndMissingConnectionFailPermanently(t *testing.T) {
 	h := start(t)
 	h.writeApp(t, "shop/app", "mysql", "root@tcp(127.0.0.1:1)/", "UNUSED_PW")
-	h.env.Publish(t, command("run-x", "shop/app", "call", blueprint.KindDump, blueprint.DumpSpec{ExecSpec: blueprint.ExecSpec{Command: []string{"true"}}, Artifact: "dump"}, 0))
+	h.env.Publish(t, command("run-x", "shop/app", "call", "scale", map[string]any{"replicas": 0}, 0))
 	h.env.Publish(t, command("run-x", "shop/app", "lock", blueprint.KindSQL,
 		blueprint.SQLSpec{Connection: "replica", Statements: []string{"SELECT 1"}}, 0))
 	for step, want := range map[string]string{"call": "not supported", "lock": `no connection "replica"`} {

@@ -31,8 +31,10 @@ func (s *Service) runStep(ctx context.Context, req events.HookRequested, started
 		return s.runHTTP(ctx, req, started)
 	case blueprint.KindWait:
 		return s.runWait(ctx, req, started)
+	case blueprint.KindDump:
+		return s.runDump(ctx, req, started)
 	default:
-		return failed(req, true, "step kind %q is not supported by this hookrunner yet (it runs exec, sql, http and wait)", req.Kind)
+		return failed(req, true, "step kind %q is not supported by this hookrunner yet (it runs exec, sql, http, wait and dump)", req.Kind)
 	}
 }
 

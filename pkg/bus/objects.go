@@ -1,0 +1,90 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tidemark-dev/tidemark/events"
+)
+
+// BucketDumps is the object-store bucket through which logical dump
+// streams pass between the hookrunner (which runs the dump command) and a
+// data mover (which stores the stream in the repository), in both
+// directions. Objects are deleted once moved; the TTL removes leftovers of
+// crashed runs.
+const BucketDumps = "tidemark-dumps"
+
+// DumpObject names the object holding one run's dump artifact. The
+// hookrunner writes it (backup) or reads it (restore); a data mover reads
+// or writes the other end.
+func DumpObject(run events.RunID, artifact string) string {
+	return "dumps/" + string(run) + "/" + artifact
+}
+
+// ErrObjectNotFound is returned for an object that does not exist.
+var ErrObjectNotFound = errors.New("bus: object not found")
+
+// ObjectInfo describes a stored object.
+type ObjectInfo struct {
+	Name   string
+	Size   uint64
+	Digest string
+}
+
+// Objects is the narrow object store services use for large streams.
+type Objects interface {
+	// Put stores everything r yields under name, replacing any object there.
+	Put(ctx context.Context, name string, r io.Reader) (ObjectInfo, error)
+	// Get streams an object; the caller closes it.
+	Get(ctx context.Context, name string) (io.ReadCloser, error)
+	Delete(ctx context.Context, name string) error
+}
+
+// ObjectBucketSpec declares one object-store bucket.
+type ObjectBucketSpec struct {
+	Name        string
+	Description string
+	TTL         time.Duration
+}
+
+type objects struct{ os jetstream.ObjectStore }
+
+// ObjectStore opens a declared object-store bucket.
+func (b *Bus) ObjectStore(ctx context.Context, bucket string) (Objects, error) {
+	ctx, cancel := withDefaultTimeout(ctx, 10*time.Second)
+	defer cancel()
+	os, err := b.js.ObjectStore(ctx, bucket)
+	if err != nil {
+		return nil, fmt.Errorf("%w: object bucket %s: %v", ErrTopology, bucket, err)
+	}
+	return objects{os}, nil
+}
+
+func (o objects) Put(ctx context.Context, name string, r io.Reader) (ObjectInfo, error) {
+	info, err := o.os.Put(ctx, jetstream.ObjectMeta{Name: name}, r)
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	return ObjectInfo{Name: info.Name, Size: info.Size, Digest: info.Digest}, nil
+}
+
+func (o objects) Get(ctx context.Context, name string) (io.ReadCloser, error) {
+	r, err := o.os.Get(ctx, name)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrObjectNotFound, name)
+	}
+	return r, err
+}
+
+func (o objects) Delete(ctx context.Context, name string) error {
+	err := o.os.Delete(ctx, name)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil
+	}
+	return err
+}
