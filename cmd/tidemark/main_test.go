@@ -216,7 +216,7 @@ func TestBadSettingsAreRejectedWithTheFlagName(t *testing.T) {
 	}{
 		{[]string{"serve", "--listen", "8480"}, nil, "--listen"},
 		{[]string{"serve", "--services", "mover"}, nil, `unknown service "mover"`},
-		{[]string{"serve", "--services", "datamover"}, nil, "not built into this version"},
+		{[]string{"serve", "--services", "scheduler"}, nil, "not built into this version"},
 		{[]string{"serve", "--stream-replicas", "2"}, nil, "--stream-replicas"},
 		{[]string{"serve", "--snapshot-max-age", "10m"}, nil, "--snapshot-max-age"},
 		{[]string{"serve", "--instance-id", "host.example"}, nil, "--instance-id"},

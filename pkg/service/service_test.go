@@ -14,7 +14,7 @@ type runFunc func(ctx context.Context) error
 func (f runFunc) Run(ctx context.Context) error { return f(ctx) }
 
 func TestResolveExplainsWhatIsMissing(t *testing.T) {
-	if _, err := Resolve([]string{"datamover"}); err == nil || !strings.Contains(err.Error(), "not built into this version") {
+	if _, err := Resolve([]string{"coordinator"}); err == nil || !strings.Contains(err.Error(), "not built into this version") {
 		t.Errorf("a planned but unbuilt service: %v", err)
 	}
 	if _, err := Resolve([]string{"mover"}); err == nil || !strings.Contains(err.Error(), `unknown service "mover"`) {

@@ -1,0 +1,172 @@
+package repository
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"time"
+
+	"github.com/kopia/kopia/fs"
+	"github.com/kopia/kopia/repo/manifest"
+	"github.com/kopia/kopia/snapshot"
+	"github.com/kopia/kopia/snapshot/restore"
+	"github.com/kopia/kopia/snapshot/snapshotfs"
+)
+
+// ImportResult describes a restored snapshot.
+type ImportResult struct {
+	ManifestID string
+	Files      int64
+	Bytes      int64
+	StartedAt  time.Time
+	FinishedAt time.Time
+}
+
+// ImportDir restores the snapshot manifestID into targetDir, created if
+// missing: files, directories and symlinks with their modes and times (and
+// owners, where this process may set them). Files already in targetDir are
+// overwritten; other files there are left alone.
+func (r *Repository) ImportDir(ctx context.Context, manifestID, targetDir string, progress func(Progress)) (ImportResult, error) {
+	if targetDir == "" {
+		return ImportResult{}, fmt.Errorf("%w: import needs a target directory", ErrInvalidRequest)
+	}
+	res := ImportResult{ManifestID: manifestID, StartedAt: time.Now()}
+	man, root, err := r.load(ctx, manifestID)
+	if err != nil {
+		return ImportResult{}, err
+	}
+	var c counters
+	c.bytesTotal.Store(man.Stats.TotalFileSize)
+	c.filesTotal.Store(int64(man.Stats.TotalFileCount))
+	stop := report(&c, r.cfg.ProgressInterval, progress)
+	defer stop()
+
+	out := &restore.FilesystemOutput{
+		TargetPath:             targetDir,
+		OverwriteDirectories:   true,
+		OverwriteFiles:         true,
+		OverwriteSymlinks:      true,
+		IgnorePermissionErrors: true,
+		WriteSparseFiles:       true,
+	}
+	if err := out.Init(ctx); err != nil {
+		return ImportResult{}, fmt.Errorf("restore target %s: %w", targetDir, err)
+	}
+	cancel := make(chan struct{})
+	stopCancel := context.AfterFunc(ctx, func() { close(cancel) })
+	defer stopCancel()
+
+	st, err := restore.Entry(ctx, r.rep, out, root, restore.Options{
+		Parallel: 8,
+		// The default (0) writes placeholder files for anything below the
+		// root instead of the data.
+		RestoreDirEntryAtDepth: math.MaxInt32,
+		ProgressCallback: func(_ context.Context, s restore.Stats) {
+			c.bytesDone.Store(s.RestoredTotalFileSize)
+			c.filesDone.Store(int64(s.RestoredFileCount))
+		},
+		Cancel: cancel,
+	})
+	if ctx.Err() != nil {
+		return ImportResult{}, ctx.Err()
+	}
+	if err != nil {
+		return ImportResult{}, fmt.Errorf("restoring %s to %s: %w", manifestID, targetDir, err)
+	}
+	c.bytesDone.Store(st.RestoredTotalFileSize)
+	c.filesDone.Store(int64(st.RestoredFileCount))
+	res.Files = int64(st.RestoredFileCount)
+	res.Bytes = st.RestoredTotalFileSize
+	res.FinishedAt = time.Now()
+	return res, nil
+}
+
+// ImportStream writes the single file of a stream snapshot (one written
+// by ExportStream) to w.
+func (r *Repository) ImportStream(ctx context.Context, manifestID string, w io.Writer, progress func(Progress)) (ImportResult, error) {
+	res := ImportResult{ManifestID: manifestID, StartedAt: time.Now()}
+	_, root, err := r.load(ctx, manifestID)
+	if err != nil {
+		return ImportResult{}, err
+	}
+	dir, ok := root.(fs.Directory)
+	if !ok {
+		return ImportResult{}, fmt.Errorf("%w: %s is not a stream snapshot", ErrInvalidRequest, manifestID)
+	}
+	entries, err := fs.GetAllEntries(ctx, dir)
+	if err != nil {
+		return ImportResult{}, fmt.Errorf("reading %s: %w", manifestID, err)
+	}
+	if len(entries) != 1 {
+		return ImportResult{}, fmt.Errorf("%w: %s holds %d entries, not one stream", ErrInvalidRequest, manifestID, len(entries))
+	}
+	f, ok := entries[0].(fs.File)
+	if !ok {
+		return ImportResult{}, fmt.Errorf("%w: %s is not a stream snapshot", ErrInvalidRequest, manifestID)
+	}
+	var c counters
+	c.bytesTotal.Store(f.Size())
+	c.filesTotal.Store(1)
+	stop := report(&c, r.cfg.ProgressInterval, progress)
+	defer stop()
+
+	rd, err := f.Open(ctx)
+	if err != nil {
+		return ImportResult{}, fmt.Errorf("opening %s: %w", manifestID, err)
+	}
+	defer rd.Close()
+	n, err := io.Copy(&countingWriter{w: w, c: &c}, ctxReader{ctx: ctx, r: rd})
+	if ctx.Err() != nil {
+		return ImportResult{}, ctx.Err()
+	}
+	if err != nil {
+		return ImportResult{}, fmt.Errorf("reading %s: %w", manifestID, err)
+	}
+	c.filesDone.Store(1)
+	res.Files, res.Bytes, res.FinishedAt = 1, n, time.Now()
+	return res, nil
+}
+
+func (r *Repository) load(ctx context.Context, manifestID string) (*snapshot.Manifest, fs.Entry, error) {
+	if manifestID == "" {
+		return nil, nil, fmt.Errorf("%w: a manifest ID is required", ErrInvalidRequest)
+	}
+	man, err := snapshot.LoadSnapshot(ctx, r.rep, manifest.ID(manifestID))
+	if errors.Is(err, snapshot.ErrSnapshotNotFound) {
+		return nil, nil, fmt.Errorf("%w: %s", ErrNotFound, manifestID)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("loading snapshot %s: %w", manifestID, err)
+	}
+	root, err := snapshotfs.SnapshotRoot(r.rep, man)
+	if err != nil {
+		return nil, nil, fmt.Errorf("loading snapshot %s: %w", manifestID, err)
+	}
+	return man, root, nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	c *counters
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	w.c.bytesDone.Add(int64(n))
+	return n, err
+}
+
+// ctxReader stops a copy once ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}

@@ -1,0 +1,400 @@
+// Package datamover copies volume snapshots and dump streams into the kopia
+// repository and back. Each export or import command is one work item on
+// the data movers' work queue, so N movers (Concurrency per process, times
+// processes) move N volumes at once.
+//
+// A snapshot export reads the snapshot's directory (found by a Resolver);
+// a dump export reads the stream the dump step left in the dumps bucket
+// under bus.DumpObject(run, artifact), where the request's Volume is the
+// artifact, and deletes it once stored. An import writes a directory, or
+// puts a dump back into the bucket for the restore's dump step to read.
+//
+// Progress is reported about once a second; the result
+// (volume.exported/imported or .failed) is kept in KV by idempotency key,
+// so a redelivered command repeats its answer instead of moving the data
+// again.
+package datamover
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/tidemark-dev/tidemark/events"
+	"github.com/tidemark-dev/tidemark/pkg/bus"
+	"github.com/tidemark-dev/tidemark/pkg/repository"
+)
+
+// Name is the service's name in `tidemark serve --services`.
+const Name = "datamover"
+
+// Source and target kinds of the volume commands.
+const (
+	SourceSnapshot  = "snapshot"
+	SourceDump      = "dump"
+	TargetDirectory = "directory"
+	TargetStream    = "stream"
+)
+
+// ErrUnsupported is the failure of a command this mover cannot carry out.
+var ErrUnsupported = errors.New("not supported by this data mover")
+
+// ErrSnapshotNotFound is the failure of an export whose snapshot is gone.
+var ErrSnapshotNotFound = errors.New("snapshot not found")
+
+// ErrDumpNotFound is the failure of a dump export whose stream is not in
+// the dumps bucket (the dump step did not run, or its object expired).
+var ErrDumpNotFound = errors.New("dump stream not found")
+
+// permanent reports whether a failed move cannot succeed on a retry.
+func permanent(err error) bool {
+	return repository.IsPermanent(err) || errors.Is(err, ErrUnsupported) || errors.Is(err, ErrSnapshotNotFound) || errors.Is(err, ErrDumpNotFound)
+}
+
+// Repository is what a mover needs of the repository.
+type Repository interface {
+	ExportDir(ctx context.Context, req repository.ExportRequest) (repository.ExportResult, error)
+	ImportDir(ctx context.Context, manifestID, targetDir string, progress func(repository.Progress)) (repository.ImportResult, error)
+	ExportStream(ctx context.Context, req repository.StreamRequest) (repository.ExportResult, error)
+	ImportStream(ctx context.Context, manifestID string, w io.Writer, progress func(repository.Progress)) (repository.ImportResult, error)
+}
+
+var _ Repository = (*repository.Repository)(nil)
+
+// Resolver finds the directory holding a snapshot's data.
+type Resolver func(ctx context.Context, id events.SnapshotID) (string, error)
+
+// Config configures a data mover.
+type Config struct {
+	Repository Repository
+	Resolver   Resolver
+	// Concurrency is how many volumes this process moves at once.
+	Concurrency int
+	Logger      *slog.Logger
+}
+
+// Bus is what the data mover needs of the bus.
+type Bus interface {
+	bus.Publisher
+	Consume(ctx context.Context, spec bus.ConsumerSpec, h bus.Handler) error
+	KeyValue(ctx context.Context, bucket string) (bus.KV, error)
+	ObjectStore(ctx context.Context, bucket string) (bus.Objects, error)
+}
+
+// Service is a data mover instance.
+type Service struct {
+	cfg   Config
+	bus   Bus
+	kv    bus.KV
+	dumps bus.Objects
+}
+
+// New returns a data mover.
+func New(cfg Config, b Bus) (*Service, error) {
+	if cfg.Repository == nil {
+		return nil, errors.New("datamover: Repository is required")
+	}
+	if cfg.Resolver == nil {
+		return nil, errors.New("datamover: Resolver is required")
+	}
+	if b == nil {
+		return nil, errors.New("datamover: a bus is required")
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 2
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Service{cfg: cfg, bus: b}, nil
+}
+
+func consumer(name string, p events.Payload, concurrency int) bus.ConsumerSpec {
+	d, _ := events.Lookup(p.EventType())
+	return bus.ConsumerSpec{
+		Name:           name,
+		Stream:         bus.StreamVolumeCommands,
+		FilterSubjects: []string{d.Subject()},
+		AckWait:        30 * time.Second,
+		MaxDeliver:     5,
+		Concurrency:    concurrency,
+		// Moves are long: take only what this process can start now, so
+		// other movers get the rest.
+		Prefetch:      concurrency,
+		ShutdownGrace: 10 * time.Second,
+	}
+}
+
+// Run consumes export and import commands until ctx is done.
+func (s *Service) Run(ctx context.Context) error {
+	kv, err := s.bus.KeyValue(ctx, bus.BucketMovers)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	s.kv = kv
+	dumps, err := s.bus.ObjectStore(ctx, bus.BucketDumps)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	s.dumps = dumps
+	errs := make(chan error, 2)
+	go func() {
+		errs <- s.bus.Consume(ctx, consumer("datamover-export", events.VolumeExportRequested{}, s.cfg.Concurrency), s.handleExport)
+	}()
+	go func() {
+		errs <- s.bus.Consume(ctx, consumer("datamover-import", events.VolumeImportRequested{}, s.cfg.Concurrency), s.handleImport)
+	}()
+	return errors.Join(<-errs, <-errs)
+}
+
+func (s *Service) handleExport(ctx context.Context, ev events.Event) ([]events.Event, error) {
+	req, ok := events.As[events.VolumeExportRequested](ev)
+	if !ok {
+		return nil, bus.Permanentf("datamover: unexpected %s", ev.Type())
+	}
+	key := resultKey("export", req.IdempotencyKey)
+	if p, done, err := s.loadResult(ctx, key); err != nil {
+		return nil, err
+	} else if done {
+		s.cfg.Logger.Info("volume already exported; repeating the result", "run", req.RunID, "volume", req.Volume)
+		return []events.Event{{Subject: ev.Subject, Data: p}}, nil
+	}
+
+	res, err := s.export(ctx, ev, req)
+	if err != nil && ctx.Err() != nil {
+		// Shutting down mid-export: nothing was recorded, so let the
+		// command be redelivered (the next export reuses what was uploaded).
+		return nil, ctx.Err()
+	}
+	var result events.Payload
+	if err != nil {
+		perm := permanent(err)
+		s.cfg.Logger.Warn("export failed", "run", req.RunID, "application", req.Application, "volume", req.Volume, "permanent", perm, "err", err)
+		result = events.VolumeExportFailed{RunID: req.RunID, Volume: req.Volume, Error: err.Error(), Permanent: perm}
+	} else {
+		s.cfg.Logger.Info("volume exported", "run", req.RunID, "application", req.Application, "volume", req.Volume,
+			"manifest", res.ManifestID, "files", res.Files, "bytes", res.Bytes, "uploaded", res.BytesUploaded,
+			"duration", res.FinishedAt.Sub(res.StartedAt))
+		result = events.VolumeExported{
+			RunID: req.RunID, Volume: req.Volume, SourceKind: req.SourceKind, ManifestID: events.ManifestID(res.ManifestID),
+			Files: res.Files, Bytes: res.Bytes, BytesUploaded: res.BytesUploaded,
+			StartedAt: res.StartedAt.UTC(), FinishedAt: res.FinishedAt.UTC(),
+		}
+	}
+	out, err := s.finish(ctx, ev, key, result)
+	if err == nil && req.SourceKind == SourceDump {
+		if _, ok := result.(events.VolumeExported); ok {
+			// The stream is in the repository now; the bucket's TTL
+			// removes it if this fails.
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if derr := s.dumps.Delete(dctx, bus.DumpObject(req.RunID, req.Volume)); derr != nil {
+				s.cfg.Logger.Warn("deleting an exported dump stream", "run", req.RunID, "artifact", req.Volume, "err", derr)
+			}
+		}
+	}
+	return out, err
+}
+
+func (s *Service) export(ctx context.Context, ev events.Event, req events.VolumeExportRequested) (repository.ExportResult, error) {
+	progress := func(p repository.Progress) {
+		s.progress(ctx, ev, events.VolumeExportProgress(transfer(req.RunID, req.Volume, p)))
+	}
+	switch req.SourceKind {
+	case SourceSnapshot:
+		dir, err := s.cfg.Resolver(ctx, req.SnapshotID)
+		if err != nil {
+			return repository.ExportResult{}, err
+		}
+		return s.cfg.Repository.ExportDir(ctx, repository.ExportRequest{
+			App: req.Application, Volume: req.Volume, RunID: string(req.RunID), Dir: dir, Progress: progress,
+		})
+	case SourceDump:
+		// A dump's Volume is its artifact name: the dump step streamed it
+		// into the dumps bucket under bus.DumpObject(run, artifact).
+		name := bus.DumpObject(req.RunID, req.Volume)
+		r, err := s.dumps.Get(ctx, name)
+		if errors.Is(err, bus.ErrObjectNotFound) {
+			return repository.ExportResult{}, fmt.Errorf("%w: no object %s (dump step %q)", ErrDumpNotFound, name, req.DumpStep)
+		}
+		if err != nil {
+			return repository.ExportResult{}, fmt.Errorf("reading dump %s: %w", name, err)
+		}
+		defer r.Close()
+		return s.cfg.Repository.ExportStream(ctx, repository.StreamRequest{
+			App: req.Application, Artifact: req.Volume, RunID: string(req.RunID), Reader: r, Progress: progress,
+		})
+	default:
+		return repository.ExportResult{}, fmt.Errorf("%w: source kind %q", ErrUnsupported, req.SourceKind)
+	}
+}
+
+func (s *Service) handleImport(ctx context.Context, ev events.Event) ([]events.Event, error) {
+	req, ok := events.As[events.VolumeImportRequested](ev)
+	if !ok {
+		return nil, bus.Permanentf("datamover: unexpected %s", ev.Type())
+	}
+	key := resultKey("import", req.IdempotencyKey)
+	if p, done, err := s.loadResult(ctx, key); err != nil {
+		return nil, err
+	} else if done {
+		s.cfg.Logger.Info("volume already imported; repeating the result", "run", req.RunID, "volume", req.Volume)
+		return []events.Event{{Subject: ev.Subject, Data: p}}, nil
+	}
+
+	res, err := s.importVolume(ctx, ev, req)
+	if err != nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	var result events.Payload
+	if err != nil {
+		perm := permanent(err)
+		s.cfg.Logger.Warn("import failed", "run", req.RunID, "volume", req.Volume, "manifest", req.ManifestID, "permanent", perm, "err", err)
+		result = events.VolumeImportFailed{RunID: req.RunID, Volume: req.Volume, Error: err.Error(), Permanent: perm}
+	} else {
+		s.cfg.Logger.Info("volume imported", "run", req.RunID, "volume", req.Volume, "manifest", req.ManifestID,
+			"target", req.Target, "files", res.Files, "bytes", res.Bytes, "duration", res.FinishedAt.Sub(res.StartedAt))
+		result = events.VolumeImported{
+			RunID: req.RunID, Volume: req.Volume, ManifestID: req.ManifestID,
+			Files: res.Files, Bytes: res.Bytes, StartedAt: res.StartedAt.UTC(), FinishedAt: res.FinishedAt.UTC(),
+		}
+	}
+	return s.finish(ctx, ev, key, result)
+}
+
+func (s *Service) importVolume(ctx context.Context, ev events.Event, req events.VolumeImportRequested) (repository.ImportResult, error) {
+	progress := func(p repository.Progress) {
+		s.progress(ctx, ev, events.VolumeImportProgress(transfer(req.RunID, req.Volume, p)))
+	}
+	switch req.TargetKind {
+	case TargetDirectory:
+		if req.Target == "" {
+			return repository.ImportResult{}, fmt.Errorf("%w: import needs a target directory", repository.ErrInvalidRequest)
+		}
+		if err := os.MkdirAll(req.Target, 0o700); err != nil {
+			return repository.ImportResult{}, fmt.Errorf("import target: %w", err)
+		}
+		return s.cfg.Repository.ImportDir(ctx, string(req.ManifestID), req.Target, progress)
+	case TargetStream:
+		return s.importStream(ctx, req, progress)
+	default:
+		return repository.ImportResult{}, fmt.Errorf("%w: target kind %q", ErrUnsupported, req.TargetKind)
+	}
+}
+
+// importStream puts a dump back into the dumps bucket, under
+// bus.DumpObject(run, artifact) with the Volume as the artifact, where the
+// restore's dump step (req.Target) streams it into its command's stdin.
+func (s *Service) importStream(ctx context.Context, req events.VolumeImportRequested, progress func(repository.Progress)) (repository.ImportResult, error) {
+	name := bus.DumpObject(req.RunID, req.Volume)
+	pr, pw := io.Pipe()
+	stored := make(chan error, 1)
+	go func() {
+		_, err := s.dumps.Put(ctx, name, pr)
+		pr.CloseWithError(err) // unblock the writer if storing stops early
+		stored <- err
+	}()
+	res, err := s.cfg.Repository.ImportStream(ctx, string(req.ManifestID), pw, progress)
+	// A failed import must not leave a complete-looking object: the
+	// stream is cut with the error, so the object store discards it.
+	if err != nil {
+		pw.CloseWithError(err)
+	} else {
+		pw.Close()
+	}
+	if serr := <-stored; err == nil && serr != nil {
+		err = fmt.Errorf("storing dump %s for step %q: %w", name, req.Target, serr)
+	}
+	if err != nil {
+		_ = s.dumps.Delete(context.WithoutCancel(ctx), name)
+		return repository.ImportResult{}, err
+	}
+	return res, nil
+}
+
+func transfer(run events.RunID, volume string, p repository.Progress) events.TransferProgress {
+	return events.TransferProgress{
+		RunID: run, Volume: volume,
+		BytesDone: p.BytesDone, BytesTotal: p.BytesTotal, FilesDone: p.FilesDone, FilesTotal: p.FilesTotal,
+	}
+}
+
+// progress publishes a progress fact. Progress is advisory: a report that
+// cannot be published is logged, and the move goes on.
+func (s *Service) progress(ctx context.Context, cause events.Event, p events.Payload) {
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ev := events.Event{Subject: cause.Subject, Data: p}.CausedBy(cause)
+	if _, err := s.bus.Publish(pctx, ev); err != nil && ctx.Err() == nil {
+		s.cfg.Logger.Warn("reporting progress", "type", p.EventType(), "err", err)
+	}
+}
+
+// finish records the result, so a redelivered command repeats it, and
+// returns it for the bus to publish.
+func (s *Service) finish(ctx context.Context, cause events.Event, key string, result events.Payload) ([]events.Event, error) {
+	// A finished move must be recorded even if shutdown began meanwhile.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := s.storeResult(sctx, key, result); err != nil {
+		return nil, fmt.Errorf("storing the result of %s: %w", cause.ID, err)
+	}
+	return []events.Event{{Subject: cause.Subject, Data: result}}, nil
+}
+
+// resultKey names the stored result of a command by its idempotency key.
+func resultKey(kind, idempotencyKey string) string {
+	sum := sha256.Sum256([]byte(idempotencyKey))
+	return kind + "." + hex.EncodeToString(sum[:16])
+}
+
+// storedResult is a result event kept so a redelivered command gets the
+// same answer without moving the data again.
+type storedResult struct {
+	Type events.Type     `json:"type"`
+	Data json.RawMessage `json:"data"`
+}
+
+func (s *Service) loadResult(ctx context.Context, key string) (events.Payload, bool, error) {
+	raw, err := s.kv.Get(ctx, key)
+	if errors.Is(err, bus.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	var r storedResult
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, false, fmt.Errorf("stored result %s: %w", key, err)
+	}
+	p, err := events.DecodePayload(r.Type, r.Data)
+	if err != nil {
+		return nil, false, fmt.Errorf("stored result %s: %w", key, err)
+	}
+	return p, true, nil
+}
+
+func (s *Service) storeResult(ctx context.Context, key string, p events.Payload) error {
+	data, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	raw, err := json.Marshal(storedResult{Type: p.EventType(), Data: data})
+	if err != nil {
+		return err
+	}
+	return s.kv.Put(ctx, key, raw)
+}
