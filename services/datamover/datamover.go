@@ -17,9 +17,6 @@ package datamover
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -90,10 +87,11 @@ type Bus interface {
 
 // Service is a data mover instance.
 type Service struct {
-	cfg   Config
-	bus   Bus
-	kv    bus.KV
-	dumps bus.Objects
+	cfg     Config
+	bus     Bus
+	exports *bus.Results
+	imports *bus.Results
+	dumps   bus.Objects
 }
 
 // New returns a data mover.
@@ -141,7 +139,8 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	s.kv = kv
+	s.exports = bus.NewResults(kv, "export")
+	s.imports = bus.NewResults(kv, "import")
 	dumps, err := s.bus.ObjectStore(ctx, bus.BucketDumps)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -165,8 +164,7 @@ func (s *Service) handleExport(ctx context.Context, ev events.Event) ([]events.E
 	if !ok {
 		return nil, bus.Permanentf("datamover: unexpected %s", ev.Type())
 	}
-	key := resultKey("export", req.IdempotencyKey)
-	if p, done, err := s.loadResult(ctx, key); err != nil {
+	if p, done, err := s.exports.Load(ctx, req.IdempotencyKey); err != nil {
 		return nil, err
 	} else if done {
 		s.cfg.Logger.Info("volume already exported; repeating the result", "run", req.RunID, "volume", req.Volume)
@@ -194,7 +192,7 @@ func (s *Service) handleExport(ctx context.Context, ev events.Event) ([]events.E
 			StartedAt: res.StartedAt.UTC(), FinishedAt: res.FinishedAt.UTC(),
 		}
 	}
-	out, err := s.finish(ctx, ev, key, result)
+	out, err := s.finish(ctx, ev, s.exports, req.IdempotencyKey, result)
 	if err == nil && req.SourceKind == SourceDump {
 		if _, ok := result.(events.VolumeExported); ok {
 			// The stream is in the repository now; the bucket's TTL
@@ -247,8 +245,7 @@ func (s *Service) handleImport(ctx context.Context, ev events.Event) ([]events.E
 	if !ok {
 		return nil, bus.Permanentf("datamover: unexpected %s", ev.Type())
 	}
-	key := resultKey("import", req.IdempotencyKey)
-	if p, done, err := s.loadResult(ctx, key); err != nil {
+	if p, done, err := s.imports.Load(ctx, req.IdempotencyKey); err != nil {
 		return nil, err
 	} else if done {
 		s.cfg.Logger.Info("volume already imported; repeating the result", "run", req.RunID, "volume", req.Volume)
@@ -272,7 +269,7 @@ func (s *Service) handleImport(ctx context.Context, ev events.Event) ([]events.E
 			Files: res.Files, Bytes: res.Bytes, StartedAt: res.StartedAt.UTC(), FinishedAt: res.FinishedAt.UTC(),
 		}
 	}
-	return s.finish(ctx, ev, key, result)
+	return s.finish(ctx, ev, s.imports, req.IdempotencyKey, result)
 }
 
 func (s *Service) importVolume(ctx context.Context, ev events.Event, req events.VolumeImportRequested) (repository.ImportResult, error) {
@@ -345,56 +342,12 @@ func (s *Service) progress(ctx context.Context, cause events.Event, p events.Pay
 
 // finish records the result, so a redelivered command repeats it, and
 // returns it for the bus to publish.
-func (s *Service) finish(ctx context.Context, cause events.Event, key string, result events.Payload) ([]events.Event, error) {
+func (s *Service) finish(ctx context.Context, cause events.Event, results *bus.Results, idempotencyKey string, result events.Payload) ([]events.Event, error) {
 	// A finished move must be recorded even if shutdown began meanwhile.
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := s.storeResult(sctx, key, result); err != nil {
+	if err := results.Store(sctx, idempotencyKey, result); err != nil {
 		return nil, fmt.Errorf("storing the result of %s: %w", cause.ID, err)
 	}
 	return []events.Event{{Subject: cause.Subject, Data: result}}, nil
-}
-
-// resultKey names the stored result of a command by its idempotency key.
-func resultKey(kind, idempotencyKey string) string {
-	sum := sha256.Sum256([]byte(idempotencyKey))
-	return kind + "." + hex.EncodeToString(sum[:16])
-}
-
-// storedResult is a result event kept so a redelivered command gets the
-// same answer without moving the data again.
-type storedResult struct {
-	Type events.Type     `json:"type"`
-	Data json.RawMessage `json:"data"`
-}
-
-func (s *Service) loadResult(ctx context.Context, key string) (events.Payload, bool, error) {
-	raw, err := s.kv.Get(ctx, key)
-	if errors.Is(err, bus.ErrKeyNotFound) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	var r storedResult
-	if err := json.Unmarshal(raw, &r); err != nil {
-		return nil, false, fmt.Errorf("stored result %s: %w", key, err)
-	}
-	p, err := events.DecodePayload(r.Type, r.Data)
-	if err != nil {
-		return nil, false, fmt.Errorf("stored result %s: %w", key, err)
-	}
-	return p, true, nil
-}
-
-func (s *Service) storeResult(ctx context.Context, key string, p events.Payload) error {
-	data, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	raw, err := json.Marshal(storedResult{Type: p.EventType(), Data: data})
-	if err != nil {
-		return err
-	}
-	return s.kv.Put(ctx, key, raw)
 }
