@@ -28,6 +28,21 @@ type Publisher interface {
 	Publish(ctx context.Context, ev events.Event) (PublishAck, error)
 }
 
+// Consumer runs handlers on durable consumers.
+type Consumer interface {
+	Consume(ctx context.Context, spec ConsumerSpec, h Handler) error
+}
+
+// KeyValues opens declared key-value buckets.
+type KeyValues interface {
+	KeyValue(ctx context.Context, bucket string) (KV, error)
+}
+
+// ObjectStores opens declared object-store buckets.
+type ObjectStores interface {
+	ObjectStore(ctx context.Context, bucket string) (Objects, error)
+}
+
 // Bus is a JetStream-backed event bus.
 type Bus struct {
 	nc      *nats.Conn
@@ -41,7 +56,12 @@ type Bus struct {
 	now     func() time.Time
 }
 
-var _ Publisher = (*Bus)(nil)
+var (
+	_ Publisher    = (*Bus)(nil)
+	_ Consumer     = (*Bus)(nil)
+	_ KeyValues    = (*Bus)(nil)
+	_ ObjectStores = (*Bus)(nil)
+)
 
 type options struct {
 	source     string

@@ -25,8 +25,8 @@ const Name = "catalog"
 
 // Bus is what the catalog needs of the bus.
 type Bus interface {
-	Consume(ctx context.Context, spec bus.ConsumerSpec, h bus.Handler) error
-	KeyValue(ctx context.Context, bucket string) (bus.KV, error)
+	bus.Consumer
+	bus.KeyValues
 }
 
 // Config configures the catalog.

@@ -80,9 +80,9 @@ type Config struct {
 // Bus is what the data mover needs of the bus.
 type Bus interface {
 	bus.Publisher
-	Consume(ctx context.Context, spec bus.ConsumerSpec, h bus.Handler) error
-	KeyValue(ctx context.Context, bucket string) (bus.KV, error)
-	ObjectStore(ctx context.Context, bucket string) (bus.Objects, error)
+	bus.Consumer
+	bus.KeyValues
+	bus.ObjectStores
 }
 
 // Service is a data mover instance.

@@ -44,8 +44,8 @@ type Config struct {
 
 // Bus is what the snapshotter needs of the bus.
 type Bus interface {
-	Consume(ctx context.Context, spec bus.ConsumerSpec, h bus.Handler) error
-	KeyValue(ctx context.Context, bucket string) (bus.KV, error)
+	bus.Consumer
+	bus.KeyValues
 }
 
 // Service is a snapshotter instance.
