@@ -101,3 +101,41 @@ type RunCancelRequested struct {
 
 // EventType implements Payload.
 func (RunCancelRequested) EventType() Type { return "io.tidemark.run.cancel.requested.v1" }
+
+func init() {
+	register[BackupRejected](Fact, "A backup request was refused; no run was started.")
+	register[RunCompensationFailed](Fact, "An inverse step could not be run after all its retries; a human must act.")
+}
+
+// BackupRejected reports a backup request that started no run: another
+// backup of the same application is running (requests are rejected, not
+// queued, so a schedule that outpaces its backups shows up at once), or the
+// request itself is invalid.
+type BackupRejected struct {
+	Application string `json:"application"`
+	// Reason says why, in words a user can act on.
+	Reason string `json:"reason"`
+	// RunningRunID is the run that is already backing up the application.
+	RunningRunID RunID  `json:"runningRunId,omitempty"`
+	RequestedBy  string `json:"requestedBy,omitempty"`
+}
+
+// EventType implements Payload.
+func (BackupRejected) EventType() Type { return "io.tidemark.backup.rejected.v1" }
+
+// RunCompensationFailed is the loud event: an inverse step (an unlock, a
+// scale back up) has failed every retry, so the application may still be
+// quiesced. The coordinator keeps retrying in the background with backoff.
+type RunCompensationFailed struct {
+	RunID       RunID  `json:"runId"`
+	Application string `json:"application"`
+	// Step names the inverse step that failed.
+	Step     string `json:"step"`
+	Attempts int    `json:"attempts"`
+	Error    string `json:"error"`
+	// NextRetryAt is when the coordinator tries again.
+	NextRetryAt time.Time `json:"nextRetryAt"`
+}
+
+// EventType implements Payload.
+func (RunCompensationFailed) EventType() Type { return "io.tidemark.run.compensation_failed.v1" }

@@ -69,3 +69,113 @@ func (k kv) Keys(ctx context.Context) ([]string, error) {
 	}
 	return keys, nil
 }
+
+// ErrConflict is returned by a compare-and-set write whose expectation no
+// longer holds: the key exists (Create) or changed since it was read
+// (Update, DeleteAt). Reload and decide again.
+var ErrConflict = errors.New("bus: key changed concurrently")
+
+// Entry is one key's value and the revision that wrote it.
+type Entry struct {
+	Key      string
+	Value    []byte
+	Revision uint64
+}
+
+// VersionedKV adds compare-and-set on revisions to KV, for state that
+// several writers may race on (runs, leases).
+type VersionedKV interface {
+	KV
+	// Entry returns the key's value and revision, ErrKeyNotFound when none.
+	Entry(ctx context.Context, key string) (Entry, error)
+	// Create writes a key that must not exist yet (a deleted key counts as
+	// absent). It returns the new revision, or ErrConflict.
+	Create(ctx context.Context, key string, value []byte) (uint64, error)
+	// Update writes a key whose revision must still be rev, or ErrConflict.
+	Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error)
+	// DeleteAt deletes a key whose revision must still be rev, or ErrConflict.
+	DeleteAt(ctx context.Context, key string, rev uint64) error
+	// Entries returns every live key with its value, in no particular order,
+	// read in one pass.
+	Entries(ctx context.Context) ([]Entry, error)
+}
+
+// VersionedKeyValues is the capability to open a bucket with
+// compare-and-set.
+type VersionedKeyValues interface {
+	VersionedKeyValue(ctx context.Context, bucket string) (VersionedKV, error)
+}
+
+// VersionedKeyValue opens a declared bucket with compare-and-set.
+func (b *Bus) VersionedKeyValue(ctx context.Context, bucket string) (VersionedKV, error) {
+	k, err := b.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, err
+	}
+	return k.(kv), nil
+}
+
+func (k kv) Entry(ctx context.Context, key string) (Entry, error) {
+	e, err := k.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return Entry{}, ErrKeyNotFound
+	}
+	if err != nil {
+		return Entry{}, err
+	}
+	return Entry{Key: key, Value: e.Value(), Revision: e.Revision()}, nil
+}
+
+func (k kv) Create(ctx context.Context, key string, value []byte) (uint64, error) {
+	rev, err := k.kv.Create(ctx, key, value)
+	return rev, casError(err)
+}
+
+func (k kv) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
+	n, err := k.kv.Update(ctx, key, value, rev)
+	return n, casError(err)
+}
+
+func (k kv) DeleteAt(ctx context.Context, key string, rev uint64) error {
+	return casError(k.kv.Delete(ctx, key, jetstream.LastRevision(rev)))
+}
+
+func (k kv) Entries(ctx context.Context) ([]Entry, error) {
+	w, err := k.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer w.Stop()
+	var out []Entry
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return out, nil
+			}
+			// A nil entry marks the end of the values present at the start.
+			if e == nil {
+				return out, nil
+			}
+			out = append(out, Entry{Key: e.Key(), Value: e.Value(), Revision: e.Revision()})
+		}
+	}
+}
+
+// casError maps the server's answers to a failed expectation onto
+// ErrConflict, so callers can errors.Is it.
+func casError(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("%w: %v", ErrConflict, err)
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return fmt.Errorf("%w: %v", ErrConflict, err)
+	}
+	return err
+}

@@ -32,7 +32,10 @@ const (
 const (
 	// BucketRuns holds the durable state of each run.
 	BucketRuns = "tidemark-runs"
-	// BucketLeases holds per-run ownership leases; entries expire.
+	// BucketLeases holds per-run ownership leases and each coordinator
+	// instance's liveness record. A liveness record carries its own expiry
+	// time, so a lease dies with its owner without a bucket-wide TTL that
+	// would also expire the leases of long runs.
 	BucketLeases = "tidemark-leases"
 	// BucketHooks holds hookrunner results by idempotency key and the
 	// registry of held sessions.
@@ -131,7 +134,7 @@ func DefaultTopology(o TopologyOptions) Topology {
 		},
 		Buckets: []BucketSpec{
 			{Name: BucketRuns, Description: "Durable state of backup and restore runs", History: 8},
-			{Name: BucketLeases, Description: "Per-run ownership leases of coordinator instances", History: 1, TTL: 30 * time.Second},
+			{Name: BucketLeases, Description: "Per-run ownership leases and liveness of coordinator instances", History: 1},
 			{Name: BucketHooks, Description: "Hook results by idempotency key, and held sessions", History: 1, TTL: 7 * 24 * time.Hour},
 			{Name: BucketCatalog, Description: "Restore points, and runs still gathering their artifacts", History: 4},
 			{Name: BucketSnapshots, Description: "Snapshotter results by idempotency key", History: 1, TTL: 7 * 24 * time.Hour},
