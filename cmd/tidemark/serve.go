@@ -26,6 +26,7 @@ import (
 	"github.com/tidemark-dev/tidemark/pkg/natsserver"
 	"github.com/tidemark-dev/tidemark/pkg/service"
 	_ "github.com/tidemark-dev/tidemark/services/catalog" // registers the service
+	_ "github.com/tidemark-dev/tidemark/services/coordinator"
 	_ "github.com/tidemark-dev/tidemark/services/datamover"
 	_ "github.com/tidemark-dev/tidemark/services/hookrunner" // registers the service
 	_ "github.com/tidemark-dev/tidemark/services/snapshotter"

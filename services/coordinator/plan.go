@@ -1,0 +1,151 @@
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/tidemark-dev/tidemark/blueprints"
+	"github.com/tidemark-dev/tidemark/pkg/application"
+	"github.com/tidemark-dev/tidemark/pkg/blueprint"
+)
+
+// ErrNoBlueprint is returned for a blueprint reference that names neither a
+// readable file nor a bundled blueprint.
+var ErrNoBlueprint = errors.New("blueprint not found")
+
+// loadBlueprint resolves a blueprint reference: a path to a YAML file
+// (absolute, or relative to baseDir, the directory of the Application files),
+// else the name of a bundled blueprint. It returns the file's bytes, which
+// the run keeps so all its steps render from the same blueprint.
+func loadBlueprint(ref, baseDir string) ([]byte, *blueprint.Blueprint, error) {
+	if ref == "" {
+		return nil, nil, fmt.Errorf("%w: no blueprint named (set spec.blueprint in the Application, or blueprint in the request)", ErrNoBlueprint)
+	}
+	var data []byte
+	var file string
+	if strings.HasSuffix(ref, ".yaml") || strings.HasSuffix(ref, ".yml") || strings.ContainsRune(ref, os.PathSeparator) {
+		file = ref
+		if !filepath.IsAbs(file) && baseDir != "" {
+			file = filepath.Join(baseDir, file)
+		}
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrNoBlueprint, err)
+		}
+		data = b
+	} else {
+		file = ref + "/blueprint.yaml"
+		b, err := fs.ReadFile(blueprints.FS, file)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %q is neither a file nor a bundled blueprint (bundled: %s)", ErrNoBlueprint, ref, strings.Join(bundledNames(), ", "))
+		}
+		data = b
+	}
+	bp, err := parseBlueprint(file, data)
+	if err != nil {
+		return nil, nil, err
+	}
+	return data, bp, nil
+}
+
+func parseBlueprint(file string, data []byte) (*blueprint.Blueprint, error) {
+	bp, err := blueprint.Parse(file, data)
+	if err != nil {
+		return nil, err
+	}
+	if err := blueprint.Lint(bp).Err(); err != nil {
+		return nil, fmt.Errorf("blueprint %s does not pass lint (run `tidemark blueprint lint %s`):\n%w", file, file, err)
+	}
+	if len(bp.Action(blueprint.ActionBackup)) == 0 {
+		return nil, fmt.Errorf("blueprint %s has no backup action", file)
+	}
+	return bp, nil
+}
+
+func bundledNames() []string {
+	entries, _ := fs.ReadDir(blueprints.FS, ".")
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// appInfo fixes what the run needs of the application.
+func appInfo(app *application.Application, bp *blueprint.Blueprint) (AppInfo, error) {
+	params, err := bp.ParamValues(app.Spec.Params)
+	if err != nil {
+		return AppInfo{}, fmt.Errorf("application %s: spec.params: %w", app.Metadata.Name, err)
+	}
+	ns := ""
+	if i := strings.IndexByte(app.Metadata.Name, '/'); i > 0 {
+		ns = app.Metadata.Name[:i]
+	}
+	return AppInfo{
+		Name:      app.Metadata.Name,
+		Namespace: ns,
+		Volumes:   app.Spec.Volumes,
+		Params:    params,
+		// On the local platform every exec step runs on this host.
+		Targets: []string{"localhost"},
+	}, nil
+}
+
+// blueprints caches parsed run blueprints by run: parsing on every event
+// would cost more than the rest of a transition.
+type blueprintCache struct {
+	mu sync.Mutex
+	m  map[string]*blueprint.Blueprint
+}
+
+func (c *blueprintCache) get(r *Run) (*blueprint.Blueprint, error) {
+	key := string(r.ID)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if bp, ok := c.m[key]; ok {
+		return bp, nil
+	}
+	bp, err := parseBlueprint(r.Blueprint, r.BlueprintSource)
+	if err != nil {
+		return nil, err
+	}
+	if c.m == nil {
+		c.m = map[string]*blueprint.Blueprint{}
+	}
+	c.m[key] = bp
+	return bp, nil
+}
+
+func (c *blueprintCache) forget(id string) {
+	c.mu.Lock()
+	delete(c.m, id)
+	c.mu.Unlock()
+}
+
+// templateContext is what the run's templates see now.
+func (r *Run) templateContext(bp *blueprint.Blueprint) blueprint.TemplateContext {
+	steps := make(map[string]blueprint.StepResult)
+	for _, t := range r.Tasks {
+		if t.Role == RoleStep && t.State == TaskSucceeded {
+			steps[t.Name] = blueprint.StepResult{Output: t.Outputs}
+		}
+	}
+	return blueprint.TemplateContext{
+		App:       blueprint.App{Name: r.App.Name, Namespace: r.App.Namespace, Volumes: r.App.Volumes},
+		Namespace: r.App.Namespace,
+		Targets:   r.App.Targets,
+		Steps:     steps,
+		Secrets:   blueprint.SecretPlaceholders(bp),
+		Params:    r.App.Params,
+		Time:      r.Time,
+	}
+}

@@ -1,0 +1,294 @@
+package coordinator_test
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tidemark-dev/tidemark/events"
+	"github.com/tidemark-dev/tidemark/services/coordinator"
+)
+
+// lockBlueprint quiesces with an exec step that creates a lock file (the
+// "application" is frozen while it exists) and undoes it by removing the
+// file; extra steps go between the lock and the snapshot.
+func lockBlueprint(lockFile, maxFreeze, between string) string {
+	return fmt.Sprintf(`apiVersion: tidemark.io/v1alpha1
+kind: Blueprint
+metadata: {name: filelock}
+spec:
+  maxFreeze: %s
+  actions:
+    backup:
+      - name: lock
+        kind: exec
+        exec:
+          command: [sh, -c, 'echo locked > %s']
+        timeout: 10s
+        inverse:
+          name: unlock
+          kind: exec
+          exec:
+            command: [rm, -f, %s]
+%s      - name: snapshot
+        kind: snapshot
+    restore:
+      - name: snapshot
+        kind: snapshot
+`, maxFreeze, lockFile, lockFile, between)
+}
+
+type fileApp struct {
+	sys      *system
+	name     string
+	lockFile string
+	volume   string
+}
+
+func newFileApp(t *testing.T, sys *system, name, maxFreeze, between string) *fileApp {
+	t.Helper()
+	a := &fileApp{sys: sys, name: name, lockFile: filepath.Join(sys.dataDir, strings.ReplaceAll(name, "/", "_")+".lock")}
+	between = strings.ReplaceAll(between, "LOCKFILE", a.lockFile)
+	bp := sys.writeFile(strings.ReplaceAll(name, "/", "_")+".blueprint.yaml", lockBlueprint(a.lockFile, maxFreeze, between))
+	a.volume = sys.volume(strings.ReplaceAll(name, "/", "_"))
+	sys.app(name, bp, map[string]string{"data": a.volume}, "")
+	return a
+}
+
+func (a *fileApp) locked() bool {
+	_, err := os.Stat(a.lockFile)
+	return !errors.Is(err, fs.ErrNotExist)
+}
+
+func compensation(r coordinator.Run, step string) (events.Compensation, bool) {
+	for _, c := range r.Compensations {
+		if c.Step == step {
+			return c, true
+		}
+	}
+	return events.Compensation{}, false
+}
+
+func TestBackupRunsQuiesceSnapshotThawExportRecord(t *testing.T) {
+	sys := newSystem(t)
+	sys.startAll()
+	app := newFileApp(t, sys, "shop/files", "30s", "")
+	run := sys.backup(app.name)
+	end := sys.outcome(run, 60*time.Second)
+	rec, ok := events.As[events.RestorePointRecorded](end)
+	if !ok {
+		t.Fatalf("run ended with %s, want restorepoint.recorded; history:\n%s", end.Type(), history(sys.runState(run)))
+	}
+	r := sys.waitStatus(run, 10*time.Second)
+	if r.Status != coordinator.StatusCompleted {
+		t.Fatalf("status %s, want completed; history:\n%s", r.Status, history(r))
+	}
+	if app.locked() {
+		t.Error("the application is still quiesced after a completed backup (the lock file exists)")
+	}
+	if len(rec.Artifacts) != 1 || rec.Artifacts[0].Name != "data" {
+		t.Errorf("restore point artifacts = %+v, want the volume data", rec.Artifacts)
+	}
+	if left := sys.snapshotsOf(run); len(left) != 0 {
+		t.Errorf("snapshots left after the run: %v", left)
+	}
+	completed := sys.env.WaitFor(t, time.Second, "backup.completed", func(e events.Event) bool {
+		p, ok := events.As[events.BackupCompleted](e)
+		return ok && p.RunID == run
+	})
+	c, _ := events.As[events.BackupCompleted](completed)
+	if c.FreezeWindow <= 0 || c.FreezeWindow.Std() > 30*time.Second {
+		t.Errorf("freeze window %s: want the time from lock to unlock", c.FreezeWindow)
+	}
+	if c.RestorePointID != rec.RestorePointID {
+		t.Errorf("backup.completed names point %s, the catalog recorded %s", c.RestorePointID, rec.RestorePointID)
+	}
+	// The order the saga promises: lock, snapshot, unlock, export.
+	var order []string
+	for _, h := range r.History {
+		for _, key := range []string{"step lock (exec) sent", "snapshots ready", "thawed", "exported data", "completed"} {
+			if strings.HasPrefix(h.Message, key) {
+				order = append(order, key)
+			}
+		}
+	}
+	want := []string{"step lock (exec) sent", "snapshots ready", "thawed", "exported data", "completed"}
+	if strings.Join(order, "|") != strings.Join(want, "|") {
+		t.Errorf("history order %v, want %v\n%s", order, want, history(r))
+	}
+}
+
+func TestFailedStepAfterQuiesceRunsTheInverse(t *testing.T) {
+	sys := newSystem(t)
+	sys.startAll()
+	app := newFileApp(t, sys, "shop/failing", "30s", `      - name: check
+        kind: exec
+        exec:
+          command: [sh, -c, 'echo disk almost full >&2; exit 3']
+        noInverse: only reads
+`)
+	run := sys.backup(app.name)
+	end := sys.outcome(run, 60*time.Second)
+	f, ok := events.As[events.BackupFailed](end)
+	if !ok {
+		t.Fatalf("run ended with %s, want backup.failed", end.Type())
+	}
+	if f.FailedStep != "check" || !strings.Contains(f.Reason, "check") {
+		t.Errorf("failure = %q at %q, want the check step named", f.Reason, f.FailedStep)
+	}
+	if c, ok := compensationIn(f.Compensations, "unlock"); !ok || c.Outcome != "succeeded" {
+		t.Errorf("compensations %+v: want unlock succeeded", f.Compensations)
+	}
+	if app.locked() {
+		t.Error("the lock file is still there: the inverse did not run")
+	}
+	if left := sys.snapshotsOf(run); len(left) != 0 {
+		t.Errorf("snapshots left: %v", left)
+	}
+	noRestorePoint(t, sys, run)
+}
+
+func compensationIn(cs []events.Compensation, step string) (events.Compensation, bool) {
+	for _, c := range cs {
+		if c.Step == step {
+			return c, true
+		}
+	}
+	return events.Compensation{}, false
+}
+
+func noRestorePoint(t *testing.T, sys *system, run events.RunID) {
+	t.Helper()
+	for _, e := range sys.env.Facts() {
+		if p, ok := events.As[events.RestorePointRecorded](e); ok && p.RunID == run {
+			t.Errorf("a failed run has a restore point: %+v", p)
+		}
+	}
+}
+
+func TestFreezeDeadlineThawsTheApplication(t *testing.T) {
+	sys := newSystem(t)
+	sys.startAll()
+	// The step between the lock and the snapshot takes longer than the
+	// freeze may last.
+	app := newFileApp(t, sys, "shop/slow", "1s", `      - name: slow
+        kind: exec
+        exec:
+          command: [sleep, "4"]
+        timeout: 20s
+        noInverse: only waits
+`)
+	start := time.Now()
+	run := sys.backup(app.name)
+	end := sys.outcome(run, 30*time.Second)
+	f, ok := events.As[events.BackupFailed](end)
+	if !ok || !strings.Contains(f.Reason, "freeze deadline") {
+		t.Fatalf("run ended with %s %+v, want a failure naming the freeze deadline", end.Type(), end.Data)
+	}
+	if app.locked() {
+		t.Error("still quiesced after the freeze deadline")
+	}
+	if took := time.Since(start); took > 1*time.Second+5*time.Second {
+		t.Errorf("thawed after %s, want within maxFreeze + 5s", took)
+	}
+	noRestorePoint(t, sys, run)
+}
+
+func TestStepTimeoutWithoutAnswerCompensates(t *testing.T) {
+	sys := newSystem(t)
+	sys.startAll()
+	app := newFileApp(t, sys, "shop/lost", "30s", `      - name: hang
+        kind: exec
+        exec:
+          command: [sleep, "30"]
+        timeout: 1s
+        noInverse: only waits
+`)
+	run := sys.backup(app.name)
+	end := sys.outcome(run, 30*time.Second)
+	f, ok := events.As[events.BackupFailed](end)
+	if !ok || f.FailedStep != "hang" {
+		t.Fatalf("run ended with %s %+v, want the hang step failed", end.Type(), end.Data)
+	}
+	if app.locked() {
+		t.Error("still quiesced after a step timed out")
+	}
+}
+
+func TestCancelCompensates(t *testing.T) {
+	sys := newSystem(t)
+	sys.startAll()
+	app := newFileApp(t, sys, "shop/cancel", "30s", `      - name: wait
+        kind: exec
+        exec:
+          command: [sleep, "5"]
+        timeout: 20s
+        noInverse: only waits
+`)
+	run := sys.backup(app.name)
+	sys.env.WaitFor(t, 10*time.Second, "the lock", func(e events.Event) bool {
+		p, ok := events.As[events.HookSucceeded](e)
+		return ok && p.RunID == run && p.Step == "lock"
+	})
+	sys.env.Publish(t, events.New("tidemark/test", string(run), events.RunCancelRequested{RunID: run, RequestedBy: "alice", Reason: "wrong app"}, time.Now()))
+	end := sys.outcome(run, 30*time.Second)
+	c, ok := events.As[events.BackupCancelled](end)
+	if !ok || c.CancelledBy != "alice" {
+		t.Fatalf("run ended with %s %+v, want backup.cancelled by alice", end.Type(), end.Data)
+	}
+	if app.locked() {
+		t.Error("still quiesced after a cancel")
+	}
+}
+
+func TestSecondBackupOfTheSameApplicationIsRejected(t *testing.T) {
+	sys := newSystem(t)
+	sys.startAll()
+	app := newFileApp(t, sys, "shop/busy", "30s", `      - name: wait
+        kind: exec
+        exec:
+          command: [sleep, "2"]
+        timeout: 20s
+        noInverse: only waits
+`)
+	first := sys.backup(app.name)
+	ev := events.New("tidemark/test", app.name, events.BackupRequested{Application: app.name, RequestedBy: "bob"}, time.Now())
+	sys.env.Publish(t, ev)
+	rej := sys.env.WaitFor(t, 10*time.Second, "backup.rejected", func(e events.Event) bool {
+		_, ok := events.As[events.BackupRejected](e)
+		return ok && e.CausationID == ev.ID
+	})
+	p, _ := events.As[events.BackupRejected](rej)
+	if p.RunningRunID != first || !strings.Contains(p.Reason, "rejected, not queued") {
+		t.Errorf("rejection %+v: want it to name run %s and say it was not queued", p, first)
+	}
+	if _, ok := events.As[events.RestorePointRecorded](sys.outcome(first, 60*time.Second)); !ok {
+		t.Fatal("the first run did not complete")
+	}
+	// Once it has ended, the application can be backed up again.
+	sys.waitStatus(first, 10*time.Second)
+	second := sys.backup(app.name)
+	if _, ok := events.As[events.RestorePointRecorded](sys.outcome(second, 60*time.Second)); !ok {
+		t.Fatal("the second run did not complete")
+	}
+}
+
+func TestUnknownApplicationIsRejectedWithTheReason(t *testing.T) {
+	sys := newSystem(t)
+	sys.startAll()
+	ev := events.New("tidemark/test", "shop/nope", events.BackupRequested{Application: "shop/nope"}, time.Now())
+	sys.env.Publish(t, ev)
+	rej := sys.env.WaitFor(t, 10*time.Second, "backup.rejected", func(e events.Event) bool {
+		_, ok := events.As[events.BackupRejected](e)
+		return ok && e.CausationID == ev.ID
+	})
+	p, _ := events.As[events.BackupRejected](rej)
+	if !strings.Contains(p.Reason, "shop/nope") || !strings.Contains(p.Reason, "not found") {
+		t.Errorf("reason %q: want the application named and 'not found'", p.Reason)
+	}
+}
