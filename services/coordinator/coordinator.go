@@ -231,10 +231,10 @@ func deadLetterConsumer() bus.ConsumerSpec {
 
 // --- keys -----------------------------------------------------------------
 
-func runKey(id events.RunID) string    { return "run." + string(id) }
-func appKey(app string) string         { return bus.KeyFor("app", app) }
-func leaseKey(id events.RunID) string  { return "run." + string(id) }
-func instanceKey(id string) string     { return "instance." + id }
+func runKey(id events.RunID) string   { return "run." + string(id) }
+func appKey(app string) string        { return bus.KeyFor("app", app) }
+func leaseKey(id events.RunID) string { return "run." + string(id) }
+func instanceKey(id string) string    { return "instance." + id }
 func (s *Service) lock(id events.RunID) *sync.Mutex {
 	h := fnv.New32a()
 	h.Write([]byte(id))

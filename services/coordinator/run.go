@@ -100,9 +100,9 @@ type Task struct {
 	SentAt      time.Time       `json:"sentAt"`
 	// Deadline is when the coordinator stops waiting for an answer: the
 	// step's own timeout plus a grace for the answer to travel.
-	Deadline time.Time  `json:"deadline"`
-	RetryAt  *time.Time `json:"retryAt,omitempty"`
-	DoneAt   *time.Time `json:"doneAt,omitempty"`
+	Deadline time.Time         `json:"deadline"`
+	RetryAt  *time.Time        `json:"retryAt,omitempty"`
+	DoneAt   *time.Time        `json:"doneAt,omitempty"`
 	Outputs  map[string]string `json:"outputs,omitempty"`
 	// Holding and Holder: a step whose session holds a lock, and the
 	// hookrunner instance holding it.
