@@ -237,6 +237,13 @@ func (d Dir) Application(name string) (*Application, error) {
 		if err != nil {
 			return nil, err
 		}
+		// Blueprints and other documents may share the directory.
+		var head struct {
+			Kind string `json:"kind"`
+		}
+		if yaml.Unmarshal(data, &head) == nil && head.Kind != "" && head.Kind != Kind {
+			continue
+		}
 		a, err := Parse(f, data)
 		if err != nil {
 			return nil, err

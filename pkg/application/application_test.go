@@ -67,6 +67,11 @@ func TestDirFindsApplicationsByName(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "shop.yaml"), []byte(good), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A blueprint kept next to the applications (sorted first) is not an
+	// application and must not hide them.
+	if err := os.WriteFile(filepath.Join(dir, "a-blueprint.yaml"), []byte("apiVersion: tidemark.io/v1alpha1\nkind: Blueprint\nmetadata: {name: x}\nspec: {actions: {}}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	a, err := Dir(dir).Application("shop/mariadb")
 	if err != nil || a.Spec.Blueprint != "mariadb" {
 		t.Fatalf("%+v, %v", a, err)

@@ -176,6 +176,10 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := s.heartbeat(ctx); err != nil {
 		return ignoreCancel(ctx, err)
 	}
+	// Take over the runs of dead instances (this one's previous life
+	// included) before handling any answer: a run left inside the freeze
+	// must be compensated, not carried on by whichever answer comes first.
+	s.scan(ctx)
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
 	wg.Go(func() { s.livenessLoop(ctx) })

@@ -49,7 +49,6 @@ func (s *Service) takeLease(ctx context.Context, id events.RunID) error {
 func (s *Service) livenessLoop(ctx context.Context) {
 	beat := time.NewTicker(s.cfg.LeaseTTL / 4)
 	defer beat.Stop()
-	s.scan(ctx)
 	for {
 		select {
 		case <-ctx.Done():
