@@ -61,6 +61,7 @@ type serveOptions struct {
 	instanceID      string
 	appsDir         string
 	snapshotMaxAge  time.Duration
+	coordinator     service.CoordinatorTuning
 }
 
 func defaultDataDir() string {
@@ -105,7 +106,7 @@ exits 0.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&o.services, "services", []string{"all"}, "services to run: all, or a comma-separated list of "+strings.Join(service.Planned, ", "))
+	f.StringSliceVar(&o.services, "services", []string{"all"}, "services to run: all, none (only the embedded NATS server), or a comma-separated list of "+strings.Join(service.Planned, ", "))
 	f.StringVar(&o.dataDir, "data-dir", defaultDataDir(), "directory for Tidemark's state (the embedded NATS server's streams live in <data-dir>/nats)")
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8480", "HTTP address for /healthz, /readyz and /metrics")
 	f.StringVar(&o.natsListen, "nats-listen", "127.0.0.1:4222", `address the embedded NATS server listens on for other processes; "" for in-process only`)
@@ -116,6 +117,9 @@ exits 0.`,
 	f.StringVar(&o.instanceID, "instance-id", defaultInstanceID(), "this process's id among its peers (letters, digits, _ and -); lock releases are routed by it, so keep it stable")
 	f.DurationVar(&o.snapshotMaxAge, "snapshot-max-age", 24*time.Hour, "leftover snapshots older than this are deleted when the snapshotter starts; keep it longer than your longest export")
 	f.StringVar(&o.appsDir, "apps-dir", "", "directory of Application files for the local platform (default <data-dir>/apps)")
+	f.DurationVar(&o.coordinator.AnswerGrace, "step-answer-grace", 5*time.Second, "coordinator: how long past a step's own timeout to wait for its answer before counting it lost")
+	f.DurationVar(&o.coordinator.InverseTimeout, "inverse-timeout", 30*time.Second, "coordinator: bound on each attempt of an inverse step (unlock, release)")
+	f.DurationVar(&o.coordinator.ExportTimeout, "export-timeout", 12*time.Hour, "coordinator: bound on each volume export")
 	return cmd
 }
 
@@ -153,6 +157,14 @@ func (o *serveOptions) validate() error {
 	}
 	if o.shutdownTimeout <= 0 {
 		return fmt.Errorf("--shutdown-timeout %s: must be positive", o.shutdownTimeout)
+	}
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"--step-answer-grace", o.coordinator.AnswerGrace}, {"--inverse-timeout", o.coordinator.InverseTimeout}, {"--export-timeout", o.coordinator.ExportTimeout}} {
+		if d.v <= 0 {
+			return fmt.Errorf("%s %s: must be positive", d.flag, d.v)
+		}
 	}
 	return nil
 }
@@ -206,7 +218,7 @@ func (o *serveOptions) run(ctx context.Context, log *slog.Logger) error {
 	if appsDir == "" {
 		appsDir = filepath.Join(o.dataDir, "apps")
 	}
-	svcs, err := service.Build(names, service.Deps{Bus: b, Logger: log, DataDir: o.dataDir, Metrics: reg, InstanceID: o.instanceID, AppsDir: appsDir, SnapshotMaxAge: o.snapshotMaxAge})
+	svcs, err := service.Build(names, service.Deps{Bus: b, Logger: log, DataDir: o.dataDir, Metrics: reg, InstanceID: o.instanceID, AppsDir: appsDir, SnapshotMaxAge: o.snapshotMaxAge, Coordinator: o.coordinator})
 	if err != nil {
 		return err
 	}

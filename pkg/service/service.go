@@ -40,6 +40,19 @@ type Deps struct {
 	// SnapshotMaxAge is how old a leftover snapshot may be before the
 	// snapshotter's startup sweep deletes it (zero: its default).
 	SnapshotMaxAge time.Duration
+	// Coordinator tunes the coordinator's clocks (zero: its defaults).
+	Coordinator CoordinatorTuning
+}
+
+// CoordinatorTuning bounds how long the coordinator waits for answers.
+type CoordinatorTuning struct {
+	// AnswerGrace is added to a step's own timeout before the step counts
+	// as timed out (its answer lost, or its service gone).
+	AnswerGrace time.Duration
+	// InverseTimeout bounds each attempt of an inverse step.
+	InverseTimeout time.Duration
+	// ExportTimeout bounds each volume export.
+	ExportTimeout time.Duration
 }
 
 // Factory builds a service from its dependencies.
@@ -86,6 +99,9 @@ func Resolve(requested []string) ([]string, error) {
 		switch {
 		case r == "all":
 			out = append(out, known...)
+		case r == "none":
+			// Only the infrastructure: an embedded NATS server for other
+			// processes, and the health endpoints.
 		case slices.Contains(known, r):
 			out = append(out, r)
 		case slices.Contains(Planned, r):

@@ -8,10 +8,13 @@ import (
 func init() {
 	service.Register(Name, func(d service.Deps) (service.Service, error) {
 		return New(Config{
-			InstanceID:   d.InstanceID,
-			Apps:         application.Dir(d.AppsDir),
-			BlueprintDir: d.AppsDir,
-			Logger:       d.Logger.With("service", Name),
+			InstanceID:     d.InstanceID,
+			Apps:           application.Dir(d.AppsDir),
+			BlueprintDir:   d.AppsDir,
+			Logger:         d.Logger.With("service", Name),
+			AnswerGrace:    d.Coordinator.AnswerGrace,
+			InverseTimeout: d.Coordinator.InverseTimeout,
+			ExportTimeout:  d.Coordinator.ExportTimeout,
 		}, d.Bus)
 	})
 }

@@ -1,12 +1,17 @@
 package coordinator
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/tidemark-dev/tidemark/events"
 	"github.com/tidemark-dev/tidemark/pkg/blueprint"
+	"github.com/tidemark-dev/tidemark/pkg/bus"
 )
 
 // Status is where a run is in its life.
@@ -308,3 +313,47 @@ func (r *Run) nextWake() time.Time {
 	}
 	return next
 }
+
+// LoadRun reads one run from the runs bucket.
+func LoadRun(ctx context.Context, kv bus.KV, id events.RunID) (Run, error) {
+	raw, err := kv.Get(ctx, runKey(id))
+	if errors.Is(err, bus.ErrKeyNotFound) {
+		return Run{}, fmt.Errorf("%w: no run %s (see `tidemark runs list`)", ErrRunNotFound, id)
+	}
+	if err != nil {
+		return Run{}, err
+	}
+	var r Run
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return Run{}, fmt.Errorf("run %s: stored state does not decode: %w", id, err)
+	}
+	return r, nil
+}
+
+// ListRuns reads every run, newest first.
+func ListRuns(ctx context.Context, kv bus.KV) ([]Run, error) {
+	keys, err := kv.Keys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Run
+	for _, k := range keys {
+		id, ok := strings.CutPrefix(k, "run.")
+		if !ok {
+			continue
+		}
+		r, err := LoadRun(ctx, kv, events.RunID(id))
+		if errors.Is(err, ErrRunNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.After(out[j].CreatedAt) })
+	return out, nil
+}
+
+// ErrRunNotFound is returned for a run id the runs bucket does not hold.
+var ErrRunNotFound = errors.New("run not found")
