@@ -137,6 +137,7 @@ type Service struct {
 
 	runs, leases bus.VersionedKV
 	hooks        bus.KV
+	snapResults  *bus.Results
 
 	blueprints blueprintCache
 	locks      [64]sync.Mutex
@@ -173,6 +174,12 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.hooks, err = s.bus.KeyValue(ctx, bus.BucketHooks); err != nil {
 		return ignoreCancel(ctx, err)
 	}
+	snapKV, err := s.bus.KeyValue(ctx, bus.BucketSnapshots)
+	if err != nil {
+		return ignoreCancel(ctx, err)
+	}
+	// The snapshotter's result store (see services/snapshotter).
+	s.snapResults = bus.NewResults(snapKV, "result")
 	if err := s.heartbeat(ctx); err != nil {
 		return ignoreCancel(ctx, err)
 	}
@@ -463,7 +470,7 @@ func (s *Service) update(ctx context.Context, id events.RunID, republish bool, f
 			return bus.Permanent(fmt.Errorf("run %s: %w", id, err))
 		}
 		wasTerminal := r.Status.Terminal()
-		sg := &saga{r: &r, bp: bp, now: s.cfg.Now(), cfg: &s.cfg, holders: s.holderLookup(ctx)}
+		sg := &saga{r: &r, bp: bp, now: s.cfg.Now(), cfg: &s.cfg, holders: s.holderLookup(ctx), snapshots: s.snapshotLookup(ctx)}
 		fn(sg)
 		after, err := json.Marshal(&r)
 		if err != nil {
@@ -558,5 +565,17 @@ func (s *Service) holderLookup(ctx context.Context) HolderLookup {
 			return "", false, nil
 		}
 		return st.Holder, true, nil
+	}
+}
+
+// snapshotLookup reads the snapshotter's stored answer to a request.
+func (s *Service) snapshotLookup(ctx context.Context) SnapshotLookup {
+	return func(key string) (events.SnapshotReady, bool, error) {
+		p, ok, err := s.snapResults.Load(ctx, key)
+		if err != nil || !ok {
+			return events.SnapshotReady{}, false, err
+		}
+		ready, isReady := p.(events.SnapshotReady)
+		return ready, isReady, nil
 	}
 }

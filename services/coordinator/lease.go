@@ -129,7 +129,7 @@ func (s *Service) takeOver(ctx context.Context, id events.RunID, from string) {
 func (sg *saga) recoverFrom(from string) {
 	r := sg.r
 	r.log(sg.now, "coordinator %s took over the run from %s", sg.cfg.InstanceID, from)
-	if r.Status == StatusRunning && r.Frozen() && !r.snapshotsComplete() {
+	if r.Status == StatusRunning && r.Frozen() && !r.snapshotsComplete() && !sg.snapshotAnsweredMeanwhile() {
 		sg.fail("the coordinator ("+from+") was lost while the application was quiesced; the run is compensated, not resumed", "")
 		return
 	}
@@ -222,4 +222,25 @@ func (s *Service) clockLoop(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// snapshotAnsweredMeanwhile applies the snapshotter's answer when the
+// snapshots were complete before the crash was noticed: the run is then past
+// the barrier, and resuming it only thaws sooner.
+func (sg *saga) snapshotAnsweredMeanwhile() bool {
+	t := sg.r.snapshotTask()
+	if t == nil || t.State != TaskSent || sg.snapshots == nil {
+		return false
+	}
+	var req events.SnapshotRequested
+	if json.Unmarshal(t.Command, &req) != nil {
+		return false
+	}
+	ready, ok, err := sg.snapshots(req.IdempotencyKey)
+	if err != nil || !ok {
+		return false
+	}
+	sg.r.log(sg.now, "the snapshots were complete before the takeover")
+	sg.apply(events.Event{CausationID: t.CommandID, Data: ready})
+	return true
 }

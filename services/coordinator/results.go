@@ -70,8 +70,9 @@ func (s *saga) onHookSucceeded(ev events.Event, p events.HookSucceeded) {
 		t.Outputs = p.Outputs
 		s.r.log(s.now, "step %s succeeded%s", t.Name, holdingNote(p))
 		s.stepSucceeded(t)
-	case t.State == TaskAbandoned && p.Holding:
-		// A lock taken after the run stopped waiting for it.
+	case (t.State == TaskAbandoned || t.State == TaskFailed) && p.Holding:
+		// A lock taken after the run stopped waiting for it (it timed out,
+		// or the run failed meanwhile): release it now.
 		s.lateLock(t)
 	}
 }
@@ -240,14 +241,17 @@ func (s *saga) onSnapshotReady(ev events.Event, p events.SnapshotReady) {
 			r.Stage = StageThaw
 			s.advance()
 		}
-	case TaskAbandoned:
-		// The run failed while the snapshot was being taken: delete it.
+	case TaskAbandoned, TaskFailed:
+		// The run stopped waiting for the snapshot (it timed out, or the
+		// run failed meanwhile): delete it.
 		r.Snapshots = p.Snapshots
-		r.log(s.now, "a late snapshot arrived after the run failed: deleting it")
+		r.SnapshotsDeleted = false
+		r.log(s.now, "a late snapshot arrived after the run stopped waiting for it: deleting it")
 		if r.Status.Terminal() || r.Stage == StageCleanup {
-			r.SnapshotsDeleted = false
 			s.deleteSnapshots("late snapshot of a failed run")
 		}
+		// Otherwise the run is still compensating, and its cleanup deletes
+		// r.Snapshots.
 	}
 }
 

@@ -17,6 +17,10 @@ import (
 // ok is false when no lock was ever taken for the step.
 type HolderLookup func(run events.RunID, step string) (holder string, ok bool, err error)
 
+// SnapshotLookup finds the snapshotter's stored answer to a snapshot
+// request, by its idempotency key; ok is false when it has not answered.
+type SnapshotLookup func(idempotencyKey string) (ready events.SnapshotReady, ok bool, err error)
+
 // saga applies one input (a result, a timer, a cancellation) to a run. It
 // changes the run in memory and collects the events to publish; the caller
 // persists the run first and publishes after, so every command's intent, and
@@ -27,6 +31,8 @@ type saga struct {
 	now     time.Time
 	cfg     *Config
 	holders HolderLookup
+	// snapshots is consulted when a run is taken over inside the freeze.
+	snapshots SnapshotLookup
 	// cause is the id of the event being applied; what the saga emits
 	// carries it as causation id.
 	cause string
