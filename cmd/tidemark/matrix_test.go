@@ -49,10 +49,10 @@ type cluster struct {
 	mu    sync.Mutex
 	procs map[string]*tidemarkProcess
 
-	nc    *nats.Conn
-	bus   *bus.Bus
+	nc      *nats.Conn
+	bus     *bus.Bus
 	factsMu sync.Mutex
-	facts []events.Event
+	facts   []events.Event
 }
 
 var clusterServices = []string{"nats", "coordinator", "hookrunner", "snapshotter", "datamover", "catalog"}
@@ -776,4 +776,3 @@ func heal(c *cluster) {
 		}
 	}
 }
-
