@@ -23,8 +23,18 @@ import (
 	"github.com/kopia/kopia/repo/content"
 )
 
-// Username is the user of every snapshot source Tidemark writes.
+// Username is the user of every snapshot source Tidemark writes. Every
+// Tidemark client connects as Username@Username, which is also the one
+// owner of the repository's maintenance.
 const Username = "tidemark"
+
+// initLockFile serialises creating a repository. kopia's filesystem
+// storage ignores it: its blobs all end in ".f".
+const initLockFile = ".tidemark-init.lock"
+
+// formatBlobFile is the file of a filesystem repository's format blob: a
+// directory without it holds no repository.
+const formatBlobFile = "kopia.repository.f"
 
 // DefaultProgressInterval is how often progress is reported at most.
 const DefaultProgressInterval = time.Second
@@ -43,7 +53,11 @@ type Config struct {
 	// ProgressInterval is the least time between two progress reports
 	// (DefaultProgressInterval when zero).
 	ProgressInterval time.Duration
-	Logger           *slog.Logger
+	// NoCreate makes Open fail with ErrNoRepository instead of creating a
+	// repository where there is none: for commands that read or delete,
+	// where a mistyped path must not become a new, empty repository.
+	NoCreate bool
+	Logger   *slog.Logger
 }
 
 // Validate reports what is missing from c.
@@ -95,19 +109,37 @@ func Open(ctx context.Context, cfg Config) (*Repository, error) {
 		return nil, fmt.Errorf("repository cache dir: %w", err)
 	}
 
-	st, err := filesystem.New(ctx, &filesystem.Options{Path: cfg.Path}, true)
+	if cfg.NoCreate {
+		// Looked for before kopia's storage is opened: opening it writes
+		// its layout file into the directory.
+		if _, err := os.Stat(filepath.Join(cfg.Path, formatBlobFile)); err != nil {
+			return nil, fmt.Errorf("%w in %s (no %s there)", ErrNoRepository, cfg.Path, formatBlobFile)
+		}
+	}
+	st, err := filesystem.New(ctx, &filesystem.Options{Path: cfg.Path}, !cfg.NoCreate)
 	if err != nil {
 		return nil, fmt.Errorf("opening repository storage %s: %w", cfg.Path, err)
 	}
 	defer st.Close(ctx) //nolint:errcheck // Connect keeps no handle on it.
 
 	created := false
-	switch err := repo.Initialize(ctx, st, &repo.NewRepositoryOptions{}, cfg.Password); {
-	case err == nil:
-		created = true
-	case errors.Is(err, repo.ErrAlreadyInitialized):
-	default:
-		return nil, fmt.Errorf("creating repository in %s: %w", cfg.Path, translate(err))
+	if !cfg.NoCreate {
+		// Two services of one `tidemark serve` (or two processes on one
+		// host) may open a new repository at the same moment; only one
+		// may initialise it, or each would write its own format blob.
+		unlock, err := lockFile(filepath.Join(cfg.Path, initLockFile))
+		if err != nil {
+			return nil, fmt.Errorf("creating repository in %s: %w", cfg.Path, err)
+		}
+		err = repo.Initialize(ctx, st, &repo.NewRepositoryOptions{}, cfg.Password)
+		unlock()
+		switch {
+		case err == nil:
+			created = true
+		case errors.Is(err, repo.ErrAlreadyInitialized):
+		default:
+			return nil, fmt.Errorf("creating repository in %s: %w", cfg.Path, translate(err))
+		}
 	}
 
 	configFile := filepath.Join(cfg.CacheDir, "kopia.config")
@@ -120,6 +152,9 @@ func Open(ctx context.Context, cfg Config) (*Repository, error) {
 		CachingOptions: content.CachingOptions{CacheDirectory: filepath.Join(cfg.CacheDir, "cache")},
 	}
 	if err := repo.Connect(ctx, configFile, st, cfg.Password, opts); err != nil {
+		if errors.Is(err, repo.ErrRepositoryNotInitialized) {
+			return nil, fmt.Errorf("%w in %s", ErrNoRepository, cfg.Path)
+		}
 		return nil, fmt.Errorf("opening repository in %s: %w", cfg.Path, translate(err))
 	}
 	log := cfg.Logger
@@ -133,7 +168,12 @@ func Open(ctx context.Context, cfg Config) (*Repository, error) {
 	if created {
 		log.Info("repository created", "path", cfg.Path)
 	}
-	return &Repository{cfg: cfg, rep: rep}, nil
+	r := &Repository{cfg: cfg, rep: rep}
+	if err := r.ensureMaintenanceOwner(ctx); err != nil {
+		_ = rep.Close(ctx)
+		return nil, err
+	}
+	return r, nil
 }
 
 // Close releases the repository.

@@ -5,6 +5,26 @@
 // records the restore point and announces it with restorepoint.recorded.
 // A failed run's gathered facts are dropped: a failed backup never becomes
 // a restore point.
+//
+// The catalog also looks after the repository the points live in:
+//   - it writes each point's record into the repository beside its
+//     snapshots, so Rebuild can restore the catalog from the repository
+//     alone (a fresh install, a lost NATS cluster);
+//   - it applies the retention policies (see Retention): an expired point's
+//     snapshots are deleted and restorepoint.expired is emitted; a
+//     deletion that fails leaves the point listed as "deleting" and is
+//     retried;
+//   - it runs kopia maintenance on a schedule, as the repository's one
+//     maintenance owner, never twice at once (see Service.Maintain).
+//
+// The catalog holds its own repository handle rather than asking a data
+// mover to delete snapshots by command: it must read and write restore
+// point records in the repository anyway, a deletion is a metadata
+// operation that takes milliseconds (not a work item worth queueing), and
+// a synchronous call lets the catalog know for certain whether a point's
+// snapshots are gone before it drops the point, with no result events to
+// correlate. A data mover's repository handle and the catalog's are two
+// kopia clients of one repository, which kopia supports.
 package catalog
 
 import (
@@ -14,24 +34,72 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"sync"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/tidemark-dev/tidemark/events"
 	"github.com/tidemark-dev/tidemark/pkg/bus"
+	"github.com/tidemark-dev/tidemark/pkg/repository"
 )
 
 // Name is the service's name in `tidemark serve --services`.
 const Name = "catalog"
 
+// RecordKind is the kind of the restore point records the catalog writes
+// into the repository (kopia manifests labelled type=tidemark-restorepoint).
+const RecordKind = "restorepoint"
+
+// DefaultMaintenanceInterval is how often the catalog asks kopia whether
+// maintenance is due. kopia's own schedule in the repository decides what
+// runs: quick maintenance hourly and full maintenance daily by default
+// (`kopia maintenance set` changes them).
+const DefaultMaintenanceInterval = 15 * time.Minute
+
+// Lease lengths. A lease is renewed every third of its length while held,
+// so a holder that dies blocks the others for at most this long.
+const (
+	housekeepingLeaseTTL = time.Minute
+	maintenanceLeaseTTL  = 2 * time.Minute
+)
+
+// ErrMaintenanceBusy is returned by Maintain while maintenance is already
+// running, in this process or another catalog instance.
+var ErrMaintenanceBusy = errors.New("repository maintenance is already running")
+
+// Repository is what the catalog needs of the repository.
+type Repository interface {
+	PutRecord(ctx context.Context, kind, id string, labels map[string]string, data json.RawMessage) error
+	DeleteRecord(ctx context.Context, kind, id string) error
+	Records(ctx context.Context, kind string) ([]repository.Record, error)
+	DeleteSnapshot(ctx context.Context, manifestID string) error
+	HasSnapshot(ctx context.Context, manifestID string) (bool, error)
+	Maintain(ctx context.Context, mode repository.MaintenanceMode) (repository.MaintenanceResult, error)
+}
+
+var _ Repository = (*repository.Repository)(nil)
+
 // Bus is what the catalog needs of the bus.
 type Bus interface {
+	bus.Publisher
 	bus.Consumer
 	bus.KeyValues
+	bus.VersionedKeyValues
 }
 
 // Config configures the catalog.
 type Config struct {
-	Logger *slog.Logger
+	// Repository holds the points' snapshots. Required.
+	Repository Repository
+	// Retention says which points to keep; the zero value keeps all.
+	Retention Retention
+	// MaintenanceInterval is how often kopia maintenance is considered
+	// (DefaultMaintenanceInterval when zero; negative: never).
+	MaintenanceInterval time.Duration
+	// InstanceID names this instance in the leases it holds.
+	InstanceID string
+	Logger     *slog.Logger
 }
 
 // Service is the catalog.
@@ -39,6 +107,15 @@ type Service struct {
 	cfg   Config
 	bus   Bus
 	store *Store
+
+	ready        chan struct{} // closed once Run has opened the bucket
+	housekeeping *lease
+	maintenance  *lease
+	poke         chan struct{}
+	maintaining  sync.Mutex
+	// maintainHook, when set by a test, runs inside the maintenance
+	// lease, before kopia maintenance.
+	maintainHook func(context.Context)
 }
 
 // New returns a catalog.
@@ -46,10 +123,25 @@ func New(cfg Config, b Bus) (*Service, error) {
 	if b == nil {
 		return nil, errors.New("catalog: a bus is required")
 	}
+	if cfg.Repository == nil {
+		return nil, errors.New("catalog: Repository is required (the catalog records points in it, deletes expired snapshots and maintains it)")
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{cfg: cfg, bus: b}, nil
+	if cfg.Retention.Interval <= 0 {
+		cfg.Retention.Interval = DefaultRetentionInterval
+	}
+	if cfg.Retention.Location == nil {
+		cfg.Retention.Location = time.UTC
+	}
+	if cfg.MaintenanceInterval == 0 {
+		cfg.MaintenanceInterval = DefaultMaintenanceInterval
+	}
+	if cfg.InstanceID == "" {
+		cfg.InstanceID = "catalog"
+	}
+	return &Service{cfg: cfg, bus: b, ready: make(chan struct{}), poke: make(chan struct{}, 1)}, nil
 }
 
 // consumedTypes are the facts a restore point is made of.
@@ -76,9 +168,10 @@ func consumer() bus.ConsumerSpec {
 	}
 }
 
-// Run materializes restore points until ctx is done.
+// Run materializes restore points, applies retention and maintains the
+// repository until ctx is done.
 func (s *Service) Run(ctx context.Context) error {
-	kv, err := s.bus.KeyValue(ctx, bus.BucketCatalog)
+	kv, err := s.bus.VersionedKeyValue(ctx, bus.BucketCatalog)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -86,7 +179,25 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.store = NewStore(kv)
-	return s.bus.Consume(ctx, consumer(), s.handle)
+	holder := s.cfg.InstanceID + "/" + uuid.NewString()
+	s.housekeeping = &lease{kv: kv, key: lockKeys + ".housekeeping", holder: holder, ttl: housekeepingLeaseTTL, now: time.Now}
+	s.maintenance = &lease{kv: kv, key: lockKeys + ".maintenance", holder: holder, ttl: maintenanceLeaseTTL, now: time.Now}
+	close(s.ready)
+	s.cfg.Logger.Info("catalog retention", "policy", s.cfg.Retention.Describe(), "interval", s.cfg.Retention.Interval)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// A first pass at start finishes deletions a previous run left.
+	s.pokeHousekeeping()
+	var wg sync.WaitGroup
+	wg.Go(func() { s.housekeepingLoop(ctx) })
+	if s.cfg.MaintenanceInterval > 0 {
+		wg.Go(func() { s.maintenanceLoop(ctx) })
+	}
+	err = s.bus.Consume(ctx, consumer(), s.handle)
+	cancel()
+	wg.Wait()
+	return err
 }
 
 func (s *Service) handle(ctx context.Context, ev events.Event) ([]events.Event, error) {
@@ -144,14 +255,46 @@ func (s *Service) complete(ctx context.Context, ev events.Event, done events.Bac
 		Consistency: run.consistency(),
 		Status:      StatusAvailable,
 	}
+	// Noted before the point is, so a crash in between leaves a note to
+	// the sweep rather than a point without a record in the repository.
+	if err := s.store.markUnsynced(ctx, point.ID); err != nil {
+		return nil, err
+	}
 	if err := s.store.Put(ctx, point); err != nil {
 		return nil, err
 	}
 	if err := s.store.dropPending(ctx, done.RunID); err != nil {
 		s.cfg.Logger.Warn("dropping a completed run's gathered facts", "run", done.RunID, "err", err)
 	}
+	// The point is usable now; if its record cannot be written to the
+	// repository yet, housekeeping writes it later.
+	_ = s.writeRecord(ctx, point)
+	s.checkArtifacts(ctx, point)
 	s.cfg.Logger.Info("restore point recorded", "id", point.ID, "application", point.Application, "artifacts", len(point.Artifacts), "consistency", point.Consistency)
+	s.pokeHousekeeping()
 	return []events.Event{{Subject: ev.Subject, Data: point.recordedEvent()}}, nil
+}
+
+// checkArtifacts says loudly when the catalog's repository does not hold a
+// new point's snapshots: the catalog and the data movers were given
+// different repositories, so retention could not free the snapshots'
+// space and a rebuild from the movers' repository would miss the point.
+func (s *Service) checkArtifacts(ctx context.Context, p RestorePoint) {
+	var missing []string
+	for _, a := range p.Artifacts {
+		ok, err := s.cfg.Repository.HasSnapshot(ctx, string(a.ManifestID))
+		if err != nil {
+			s.cfg.Logger.Warn("checking a new point's snapshots in the repository", "id", p.ID, "err", err)
+			return
+		}
+		if !ok {
+			missing = append(missing, a.Name+"="+string(a.ManifestID))
+		}
+	}
+	if len(missing) > 0 {
+		s.cfg.Logger.Error("the catalog's repository does not hold this restore point's snapshots: give the catalog and the data movers the same repository (TIDEMARK_REPOSITORY_PATH and password), or retention cannot free their space and a rebuild will miss the point",
+			"id", p.ID, "application", p.Application, "missing", missing)
+	}
 }
 
 // pendingRun is what a run has gathered so far.

@@ -2,36 +2,104 @@ package catalog
 
 import (
 	"context"
+	"encoding/json"
+	"log/slog"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/tidemark-dev/tidemark/events"
 	"github.com/tidemark-dev/tidemark/pkg/bus"
+	"github.com/tidemark-dev/tidemark/pkg/repository"
 	"github.com/tidemark-dev/tidemark/tests/bustest"
 )
 
-func startCatalog(t *testing.T) (*bustest.Env, *Store) {
+type harness struct {
+	env      *bustest.Env
+	store    *Store
+	svc      *Service
+	repo     *repository.Repository
+	repoPath string
+	stop     func()
+}
+
+// openRepo opens a client of the repository at path with its own cache,
+// as another process would.
+func openRepo(t *testing.T, path string) *repository.Repository {
 	t.Helper()
-	env := bustest.Start(t)
-	s, err := New(Config{}, env.Bus)
+	r, err := repository.Open(context.Background(), repository.Config{Path: path, Password: "test-password", CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close(context.Background()) })
+	return r
+}
+
+// startService runs a catalog on env with cfg; cfg.Repository defaults to
+// a real repository at repoPath.
+func startService(t *testing.T, env *bustest.Env, repoPath string, cfg Config) (*Service, func()) {
+	t.Helper()
+	if cfg.Repository == nil {
+		cfg.Repository = openRepo(t, repoPath)
+	}
+	s, err := New(cfg, env.Bus)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	select {
+	case <-s.ready:
+	case err := <-done:
+		t.Fatalf("catalog stopped at start: %v", err)
+	}
+	return s, stop
+}
+
+// newHarness runs a catalog that shares the test's repository client
+// (opening a kopia client costs seconds under the race detector).
+func newHarness(t *testing.T, cfg Config) *harness { return startHarness(t, cfg, false) }
+
+// newSeparateHarness runs a catalog with its own repository client, as in
+// production: the data movers' client writes the snapshots it deletes.
+func newSeparateHarness(t *testing.T, cfg Config) *harness { return startHarness(t, cfg, true) }
+
+func startHarness(t *testing.T, cfg Config, separate bool) *harness {
+	t.Helper()
+	env := bustest.Start(t)
+	h := &harness{env: env, repoPath: filepath.Join(t.TempDir(), "repository")}
+	h.repo = openRepo(t, h.repoPath) // the data movers' client
+	if cfg.Repository == nil && !separate {
+		cfg.Repository = h.repo
+	}
+	if w, ok := cfg.Repository.(interface{ wrap(*repository.Repository) }); ok {
+		w.wrap(h.repo) // a fault-injecting wrapper of the real client
+	}
+	h.svc, h.stop = startService(t, env, h.repoPath, cfg)
 	kv, err := env.Bus.KeyValue(context.Background(), bus.BucketCatalog)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return env, NewStore(kv)
+	h.store = NewStore(kv)
+	return h
+}
+
+func startCatalog(t *testing.T) (*bustest.Env, *Store) {
+	h := newHarness(t, Config{})
+	return h.env, h.store
 }
 
 func fact(run events.RunID, p events.Payload) events.Event {
@@ -47,7 +115,8 @@ func completed(run events.RunID, point events.RestorePointID) events.BackupCompl
 }
 
 func TestACompletedRunBecomesARestorePointWithWhatARestoreNeeds(t *testing.T) {
-	env, store := startCatalog(t)
+	h := newHarness(t, Config{})
+	env, store := h.env, h.store
 	run := events.RunID("run-1")
 	for _, p := range []events.Payload{
 		events.HookSucceeded{RunID: run, Step: "backup-start", StartedAt: t0, FinishedAt: t0, Holding: true, Holder: "h1", Outputs: map[string]string{"start_lsn": "0/2000028"}},
@@ -82,6 +151,14 @@ func TestACompletedRunBecomesARestorePointWithWhatARestoreNeeds(t *testing.T) {
 	}
 	if other, _ := store.List(context.Background(), "shop/mariadb"); len(other) != 0 {
 		t.Fatalf("another application's list holds %v", other)
+	}
+	// The point's record is in the repository too, whole.
+	recs, err := h.repo.Records(context.Background(), RecordKind)
+	if err != nil || len(recs) != 1 || recs[0].ID != "rp-1" || recs[0].Labels[repository.TagApp] != "shop/postgres" {
+		t.Fatalf("records in the repository: %+v, %v", recs, err)
+	}
+	if want, _ := json.Marshal(p); string(recs[0].Data) != string(want) {
+		t.Errorf("the record holds %s, want %s", recs[0].Data, want)
 	}
 }
 
@@ -128,5 +205,54 @@ func TestACompletionWithoutArtifactsIsRefused(t *testing.T) {
 		if _, ok := events.As[events.RestorePointRecorded](f); ok {
 			t.Fatal("a restore point with nothing to restore was recorded")
 		}
+	}
+}
+
+// syncBuffer is a log sink safe for the catalog's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A catalog given another repository than the data movers' records the
+// point but says what is wrong, loudly.
+func TestACatalogOnTheWrongRepositorySaysSo(t *testing.T) {
+	var logs syncBuffer
+	h := newHarness(t, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	h.backup(t, "shop/postgres", "run-1", "rp-1", t0) // in the catalog's repository
+	h.waitRecorded(t, "rp-1")
+	if strings.Contains(logs.String(), "does not hold") {
+		t.Fatalf("a point whose snapshots are there was reported:\n%s", logs.String())
+	}
+	run := events.RunID("run-2")
+	for _, p := range []events.Payload{
+		events.VolumeExported{RunID: run, Volume: "data", SourceKind: "snapshot", ManifestID: "0123456789abcdef0123456789abcdef", StartedAt: t0, FinishedAt: t0},
+		completed(run, "rp-2"),
+	} {
+		h.env.Publish(t, fact(run, p))
+	}
+	h.waitRecorded(t, "rp-2")
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "level=ERROR") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no error logged:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "does not hold this restore point's snapshots") || !strings.Contains(out, "TIDEMARK_REPOSITORY_PATH") || !strings.Contains(out, "data=0123456789abcdef0123456789abcdef") {
+		t.Errorf("the error does not say what is wrong and how to fix it:\n%s", out)
 	}
 }

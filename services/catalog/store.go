@@ -25,8 +25,31 @@ const (
 	ConsistencyLogical = "logical"
 )
 
-// StatusAvailable marks a restore point that can be restored.
-const StatusAvailable = "available"
+// Statuses of a restore point.
+const (
+	// StatusAvailable marks a restore point that can be restored.
+	StatusAvailable = "available"
+	// StatusDeleting marks a restore point whose deletion began: it must
+	// not be restored (some of its snapshots may be gone), and the catalog
+	// retries the deletion until it is complete. It stays listed until
+	// then, so a failed deletion never loses track of data.
+	StatusDeleting = "deleting"
+)
+
+// Who asked for a deletion (Deletion.By).
+const (
+	DeletedByRetention = "retention"
+	DeletedByUser      = "user"
+)
+
+// Deletion says why a restore point is being deleted.
+type Deletion struct {
+	By     string    `json:"by"`
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
+	// LastError is why the last attempt failed, if one did.
+	LastError string `json:"lastError,omitempty"`
+}
 
 // ErrNotFound is returned for a restore point the catalog does not have.
 var ErrNotFound = errors.New("restore point not found")
@@ -52,6 +75,8 @@ type RestorePoint struct {
 	StepOutputs map[string]map[string]string `json:"stepOutputs,omitempty"`
 	Consistency string                       `json:"consistency"`
 	Status      string                       `json:"status"`
+	// Deletion is set while Status is StatusDeleting.
+	Deletion *Deletion `json:"deletion,omitempty"`
 }
 
 // Store keeps restore points, and the facts of runs not yet complete, in
@@ -61,10 +86,14 @@ type Store struct{ kv bus.KV }
 // NewStore returns a store over kv (bus.BucketCatalog).
 func NewStore(kv bus.KV) *Store { return &Store{kv: kv} }
 
-// Key namespaces in the bucket: point.<hash of id>, pending.<hash of run>.
+// Key namespaces in the bucket: point.<hash of id>, pending.<hash of run>,
+// unsynced.<hash of id> (a point whose record is not in the repository
+// yet), and lock.<name> (leases of housekeeping).
 const (
-	pointKeys   = "point"
-	pendingKeys = "pending"
+	pointKeys    = "point"
+	pendingKeys  = "pending"
+	unsyncedKeys = "unsynced"
+	lockKeys     = "lock"
 )
 
 // Put records p.
@@ -74,6 +103,45 @@ func (s *Store) Put(ctx context.Context, p RestorePoint) error {
 		return err
 	}
 	return s.kv.Put(ctx, bus.KeyFor(pointKeys, string(p.ID)), raw)
+}
+
+// Delete removes the restore point id. Removing one that is not there is
+// not an error.
+func (s *Store) Delete(ctx context.Context, id events.RestorePointID) error {
+	return s.kv.Delete(ctx, bus.KeyFor(pointKeys, string(id)))
+}
+
+// markUnsynced notes that point id's record must still be written to the
+// repository.
+func (s *Store) markUnsynced(ctx context.Context, id events.RestorePointID) error {
+	return s.kv.Put(ctx, bus.KeyFor(unsyncedKeys, string(id)), []byte(id))
+}
+
+func (s *Store) clearUnsynced(ctx context.Context, id events.RestorePointID) error {
+	return s.kv.Delete(ctx, bus.KeyFor(unsyncedKeys, string(id)))
+}
+
+// unsynced returns the points whose records are not in the repository yet.
+func (s *Store) unsynced(ctx context.Context) ([]events.RestorePointID, error) {
+	keys, err := s.kv.Keys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []events.RestorePointID
+	for _, k := range keys {
+		if !strings.HasPrefix(k, unsyncedKeys+".") {
+			continue
+		}
+		raw, err := s.kv.Get(ctx, k)
+		if errors.Is(err, bus.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, events.RestorePointID(raw))
+	}
+	return out, nil
 }
 
 // Get returns one restore point.

@@ -2,15 +2,9 @@ package datamover
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/tidemark-dev/tidemark/events"
 	"github.com/tidemark-dev/tidemark/pkg/platform/local"
@@ -18,15 +12,16 @@ import (
 	"github.com/tidemark-dev/tidemark/pkg/service"
 )
 
-// Environment variables read by the registered service.
+// Environment variables read by the registered service (the same for
+// every process that opens the repository; see pkg/repository).
 const (
 	// EnvPassword holds the repository password itself.
-	EnvPassword = "TIDEMARK_REPOSITORY_PASSWORD"
+	EnvPassword = repository.EnvPassword
 	// EnvPasswordFile names a file holding the repository password.
-	EnvPasswordFile = "TIDEMARK_REPOSITORY_PASSWORD_FILE"
+	EnvPasswordFile = repository.EnvPasswordFile
 	// EnvPath overrides where the filesystem repository is
 	// (<data-dir>/repository by default).
-	EnvPath = "TIDEMARK_REPOSITORY_PATH"
+	EnvPath = repository.EnvPath
 )
 
 func init() {
@@ -36,20 +31,17 @@ func init() {
 		if err != nil {
 			return nil, err
 		}
-		path := os.Getenv(EnvPath)
-		if path == "" {
-			path = filepath.Join(dataDir, "repository")
-		}
-		password, err := Password(os.Getenv(EnvPassword), os.Getenv(EnvPasswordFile), filepath.Join(dataDir, "repository.password"), log)
+		rcfg, err := repository.FromEnvironment(dataDir, true, log)
 		if err != nil {
 			return nil, err
 		}
+		rcfg.CacheDir = filepath.Join(dataDir, "cache", "repository")
 		snaps, err := local.NewSnapshotter(filepath.Join(dataDir, "snapshots"), log)
 		if err != nil {
 			return nil, err
 		}
 		return &managed{
-			repo: repository.Config{Path: path, Password: password, CacheDir: filepath.Join(dataDir, "cache", "repository"), Logger: log},
+			repo: rcfg,
 			cfg:  Config{Resolver: LocalResolver(snaps), Logger: log},
 			bus:  d.Bus,
 		}, nil
@@ -86,64 +78,9 @@ func (m *managed) Run(ctx context.Context) error {
 	return s.Run(ctx)
 }
 
-// Password returns the repository password: the value given, else the
-// content of file, else the content of generated, which is created with a
-// random password on first use (so `tidemark serve` works out of the box;
-// keep that file safe, the repository cannot be read without it).
+// Password returns the repository password; see repository.Password.
 func Password(value, file, generated string, log *slog.Logger) (string, error) {
-	if value != "" {
-		return value, nil
-	}
-	read := func(p string) (string, error) {
-		raw, err := os.ReadFile(p)
-		if err != nil {
-			return "", err
-		}
-		pw := strings.TrimRight(string(raw), "\r\n")
-		if pw == "" {
-			return "", fmt.Errorf("repository password file %s is empty", p)
-		}
-		return pw, nil
-	}
-	if file != "" {
-		pw, err := read(file)
-		if err != nil {
-			return "", fmt.Errorf("reading the repository password: %w", err)
-		}
-		return pw, nil
-	}
-	pw, err := read(generated)
-	if err == nil {
-		return pw, nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("reading the repository password: %w", err)
-	}
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		return "", err
-	}
-	pw = base64.RawURLEncoding.EncodeToString(b)
-	if err := os.MkdirAll(filepath.Dir(generated), 0o700); err != nil {
-		return "", err
-	}
-	f, err := os.OpenFile(generated, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		if errors.Is(err, fs.ErrExist) { // another process was first
-			return read(generated)
-		}
-		return "", fmt.Errorf("writing a repository password: %w", err)
-	}
-	if _, err := f.WriteString(pw + "\n"); err != nil {
-		f.Close()
-		return "", err
-	}
-	if err := f.Close(); err != nil {
-		return "", err
-	}
-	log.Warn("no repository password given; generated one (keep this file: the repository cannot be read without it)",
-		"file", generated, "set", EnvPassword+" or "+EnvPasswordFile)
-	return pw, nil
+	return repository.Password(value, file, generated, log)
 }
 
 // LocalResolver finds snapshots taken by the local platform's snapshotter.
