@@ -39,7 +39,7 @@ type tidemarkProcess struct {
 	done chan error
 }
 
-func startTidemark(t *testing.T, args ...string) *tidemarkProcess {
+func startTidemark(t testing.TB, args ...string) *tidemarkProcess {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "TIDEMARK_TEST_RUN_MAIN=1")
@@ -71,7 +71,7 @@ func startTidemark(t *testing.T, args ...string) *tidemarkProcess {
 }
 
 // logField waits for a log record with msg and returns its field.
-func (p *tidemarkProcess) logField(t *testing.T, msg, field string) string {
+func (p *tidemarkProcess) logField(t testing.TB, msg, field string) string {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {

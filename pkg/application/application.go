@@ -7,12 +7,15 @@ package application
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
 	"sigs.k8s.io/yaml"
 )
@@ -221,36 +224,75 @@ type Source interface {
 	Application(name string) (*Application, error)
 }
 
-// Dir is a directory of application files (*.yaml, *.yml), read on each
-// lookup so edits apply without a restart.
+// Dir is a directory of application files (*.yaml, *.yml). Each lookup
+// looks at the directory again, so edits apply without a restart; a file is
+// parsed again only when its size or modification time changed, so a
+// directory of thousands of applications stays cheap to search. Other
+// documents (blueprints) may share the directory.
 type Dir string
+
+type parsedFile struct {
+	mod  time.Time
+	size int64
+	app  *Application // nil when the file is not an Application
+	err  error
+}
+
+var parsed sync.Map // path -> parsedFile
+
+func parseCached(path string, info fs.FileInfo) parsedFile {
+	if v, ok := parsed.Load(path); ok {
+		pf := v.(parsedFile)
+		if pf.mod.Equal(info.ModTime()) && pf.size == info.Size() {
+			return pf
+		}
+	}
+	pf := parsedFile{mod: info.ModTime(), size: info.Size()}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		pf.err = err
+		return pf
+	}
+	var head struct {
+		Kind string `json:"kind"`
+	}
+	if yaml.Unmarshal(data, &head) == nil && head.Kind != "" && head.Kind != Kind {
+		parsed.Store(path, pf)
+		return pf
+	}
+	pf.app, pf.err = Parse(path, data)
+	parsed.Store(path, pf)
+	return pf
+}
 
 // Application implements Source.
 func (d Dir) Application(name string) (*Application, error) {
-	var files []string
-	for _, pat := range []string{"*.yaml", "*.yml"} {
-		m, _ := filepath.Glob(filepath.Join(string(d), pat))
-		files = append(files, m...)
+	entries, err := os.ReadDir(string(d))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %q (reading %s: %v)", ErrNotFound, name, d, err)
 	}
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return nil, err
-		}
-		// Blueprints and other documents may share the directory.
-		var head struct {
-			Kind string `json:"kind"`
-		}
-		if yaml.Unmarshal(data, &head) == nil && head.Kind != "" && head.Kind != Kind {
+	var broken []error
+	for _, e := range entries {
+		n := e.Name()
+		if e.IsDir() || !(strings.HasSuffix(n, ".yaml") || strings.HasSuffix(n, ".yml")) {
 			continue
 		}
-		a, err := Parse(f, data)
+		info, err := e.Info()
 		if err != nil {
-			return nil, err
+			continue // removed meanwhile
 		}
-		if a.Metadata.Name == name {
-			return a, nil
+		pf := parseCached(filepath.Join(string(d), n), info)
+		if pf.err != nil {
+			broken = append(broken, pf.err)
+			continue
 		}
+		if pf.app != nil && pf.app.Metadata.Name == name {
+			a := *pf.app
+			return &a, nil
+		}
+	}
+	if len(broken) > 0 {
+		return nil, fmt.Errorf("%w: %q (no valid file in %s names it; these files are invalid: %w)", ErrNotFound, name, d, errors.Join(broken...))
 	}
 	return nil, fmt.Errorf("%w: %q (no file in %s names it)", ErrNotFound, name, d)
 }

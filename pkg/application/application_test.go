@@ -80,3 +80,29 @@ func TestDirFindsApplicationsByName(t *testing.T) {
 		t.Fatal("found an application no file names")
 	}
 }
+
+func TestDirSeesEditsAndSurvivesABrokenNeighbour(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "shop.yaml")
+	if err := os.WriteFile(path, []byte(good), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "aaa-broken.yaml"), []byte("kind: Application\nspec: [not, a, map]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := Dir(dir).Application("shop/mariadb"); err != nil || a.Spec.Blueprint != "mariadb" {
+		t.Fatalf("a broken file hid a valid one: %+v, %v", a, err)
+	}
+	if _, err := Dir(dir).Application("shop/other"); err == nil || !strings.Contains(err.Error(), "aaa-broken.yaml") {
+		t.Fatalf("a missing application should name the invalid file that might have defined it: %v", err)
+	}
+	edited := strings.Replace(good, "blueprint: mariadb", "blueprint: mariadb-logical", 1)
+	if err := os.WriteFile(path, []byte(edited), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A coarse filesystem clock could keep the modification time: the size
+	// changed too, so the edit is seen either way.
+	if a, err := Dir(dir).Application("shop/mariadb"); err != nil || a.Spec.Blueprint != "mariadb-logical" {
+		t.Fatalf("the edit was not seen: %+v, %v", a, err)
+	}
+}

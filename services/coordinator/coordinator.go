@@ -141,6 +141,11 @@ type Service struct {
 
 	blueprints blueprintCache
 	locks      [64]sync.Mutex
+	// cache holds the last revision of each run this instance wrote, so a
+	// transition costs one compare-and-set instead of a read and a write.
+	// Another instance's write makes it stale; the compare-and-set then
+	// fails and the run is read again.
+	cache sync.Map // events.RunID -> bus.Entry
 
 	mu    sync.Mutex
 	owned map[events.RunID]time.Time // run -> when it next needs its owner
@@ -331,12 +336,14 @@ func (s *Service) startBackup(ctx context.Context, ev events.Event, req events.B
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.runs.Create(ctx, runKey(id), raw); err != nil {
+	rev, err := s.runs.Create(ctx, runKey(id), raw)
+	if err != nil {
 		if errors.Is(err, bus.ErrConflict) {
 			return nil, nil
 		}
 		return nil, err
 	}
+	s.cache.Store(id, bus.Entry{Key: runKey(id), Value: raw, Revision: rev})
 	s.cfg.Logger.Info("backup accepted", "run", id, "application", req.Application, "blueprint", r.Blueprint)
 	if err := s.publish(ctx, sg.out); err != nil {
 		return nil, err
@@ -456,10 +463,17 @@ func (s *Service) update(ctx context.Context, id events.RunID, republish bool, f
 	mu := s.lock(id)
 	mu.Lock()
 	defer mu.Unlock()
-	for range 20 {
-		e, err := s.runs.Entry(ctx, runKey(id))
-		if err != nil {
-			return err
+	for attempt := range 20 {
+		var e bus.Entry
+		cached := false
+		if c, ok := s.cache.Load(id); ok && attempt == 0 {
+			e, cached = c.(bus.Entry), true
+		} else {
+			var err error
+			if e, err = s.runs.Entry(ctx, runKey(id)); err != nil {
+				s.cache.Delete(id)
+				return err
+			}
 		}
 		var r Run
 		if err := json.Unmarshal(e.Value, &r); err != nil {
@@ -477,6 +491,12 @@ func (s *Service) update(ctx context.Context, id events.RunID, republish bool, f
 			return err
 		}
 		if string(after) == string(e.Value) {
+			if cached {
+				// "Nothing to do" is only true of the latest state: another
+				// instance may have moved the run past what this one saw.
+				s.cache.Delete(id)
+				continue
+			}
 			if republish {
 				return s.publish(ctx, outstanding(&r, sg, s.cfg.Now().Add(-republishWindow)))
 			}
@@ -487,10 +507,18 @@ func (s *Service) update(ctx context.Context, id events.RunID, republish bool, f
 		if after, err = json.Marshal(&r); err != nil {
 			return err
 		}
-		if _, err := s.runs.Update(ctx, runKey(id), after, e.Revision); errors.Is(err, bus.ErrConflict) {
+		rev, err := s.runs.Update(ctx, runKey(id), after, e.Revision)
+		if errors.Is(err, bus.ErrConflict) {
+			s.cache.Delete(id)
 			continue
 		} else if err != nil {
+			s.cache.Delete(id)
 			return err
+		}
+		if r.Status.Terminal() {
+			s.cache.Delete(id)
+		} else {
+			s.cache.Store(id, bus.Entry{Key: runKey(id), Value: after, Revision: rev})
 		}
 		if err := s.publish(ctx, sg.out); err != nil {
 			return err

@@ -29,7 +29,7 @@ import (
 // embedded NATS server, with a real kopia repository and the local
 // platform's snapshots. Each service can be stopped and started again.
 type system struct {
-	t       *testing.T
+	t       testing.TB
 	env     *bustest.Env
 	dataDir string
 	appsDir string
@@ -56,7 +56,7 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
 
-func newSystem(t *testing.T) *system {
+func newSystem(t testing.TB) *system {
 	t.Helper()
 	s := &system{t: t, env: bustest.Start(t), dataDir: t.TempDir(), appsDir: t.TempDir(), services: map[string]*running{}, log: testLogger()}
 	var err error
@@ -239,6 +239,11 @@ func (s *system) backup(app string, opts ...func(*events.BackupRequested)) event
 // outcome waits for the run's terminal fact.
 func (s *system) outcome(run events.RunID, timeout time.Duration) events.Event {
 	s.t.Helper()
+	s.t.Cleanup(func() {
+		if s.t.Failed() {
+			s.t.Logf("run %s history:\n%s", run, history(s.runStateOrEmpty(run)))
+		}
+	})
 	return s.env.WaitFor(s.t, timeout, "the end of run "+string(run), func(e events.Event) bool {
 		switch p := e.Data.(type) {
 		case events.RestorePointRecorded:
@@ -308,4 +313,19 @@ func (s *system) snapshotsOf(run events.RunID) []string {
 		}
 	}
 	return out
+}
+
+func getenvInt(name string) int {
+	var n int
+	_, _ = fmt.Sscan(os.Getenv(name), &n)
+	return n
+}
+
+func (s *system) runStateOrEmpty(run events.RunID) coordinator.Run {
+	kv, err := s.env.Bus.KeyValue(context.Background(), bus.BucketRuns)
+	if err != nil {
+		return coordinator.Run{}
+	}
+	r, _ := coordinator.LoadRun(context.Background(), kv, run)
+	return r
 }

@@ -157,15 +157,16 @@ func (s *Service) handleRelease(ctx context.Context, ev events.Event) ([]events.
 	if !ok {
 		return nil, bus.Permanentf("hookrunner: unexpected %s", ev.Type())
 	}
-	if p, done, err := s.releases.Load(ctx, req.IdempotencyKey); err != nil {
+	hk := holdKey{req.RunID, req.Step}
+	var r events.HookReleased
+	// A lock this process holds is released before anything else: every
+	// round trip spent first is added to the application's freeze.
+	if h := s.takeHold(hk); h != nil {
+		r = s.finish(h, "request")
+	} else if p, done, err := s.releases.Load(ctx, req.IdempotencyKey); err != nil {
 		return nil, err
 	} else if done {
 		return []events.Event{{Subject: ev.Subject, Data: p}}, nil
-	}
-	hk := holdKey{req.RunID, req.Step}
-	var r events.HookReleased
-	if h := s.takeHold(hk); h != nil {
-		r = s.finish(h, "request")
 	} else {
 		r = events.HookReleased{RunID: req.RunID, Step: req.Step, By: "request"}
 		raw, err := s.kv.Get(ctx, hk.kvKey())
