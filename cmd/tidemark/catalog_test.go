@@ -16,7 +16,6 @@ import (
 	"github.com/tidemark-dev/tidemark/pkg/repository"
 )
 
-
 // servedPoint backs up a small directory into the repository of a running
 // `tidemark serve` (as its data mover would) and publishes the facts of a
 // completed run, returning the snapshot's manifest id once the catalog
