@@ -25,6 +25,8 @@ test-race:
 fuzz: ## run each fuzz target for FUZZTIME
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/cenats
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pkg/blueprint
+	$(GO) test -run '^$$' -fuzz '^FuzzDirectDecodeMatchesSDK$$' -fuzztime $(FUZZTIME) ./pkg/cenats
+	$(GO) test -run '^$$' -fuzz '^FuzzFastSchemaMatchesReference$$' -fuzztime $(FUZZTIME) ./events
 
 lint: ## go vet and staticcheck (pinned)
 	$(GO) vet ./...

@@ -100,6 +100,18 @@ func ValidatePayload(t Type, data []byte) error {
 	if err != nil {
 		return err
 	}
+	// The fast validator's "valid" is the reference's (see fastschema.go).
+	// Anything else, including every error, is left to the reference, so
+	// errors read exactly as they always did.
+	if fastValidate(t, data) == fastValid {
+		return nil
+	}
+	return validateReference(sch, data)
+}
+
+// validateReference checks data with santhosh-tekuri/jsonschema and turns a
+// violation into a *DecodeError naming the field.
+func validateReference(sch *jsonschema.Schema, data []byte) error {
 	// json.Unmarshal is about twice as fast as jsonschema.UnmarshalJSON's
 	// streaming decoder; numbers become float64, which only matters beyond
 	// 2^53, far past any counter a payload carries.

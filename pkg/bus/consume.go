@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -190,6 +191,10 @@ func (b *Bus) Consume(ctx context.Context, spec ConsumerSpec, handler Handler) e
 	defer stopHeartbeats()
 	go hb.run(hbCtx, spec.AckWait/3, func(err error) { b.log.Warn("heartbeat", "consumer", spec.Name, "err", err) })
 
+	cm := &consumerMetrics{
+		acked:       b.metrics.handled.WithLabelValues(spec.Name, "ack"),
+		handlerTime: b.metrics.handlerTime.WithLabelValues(spec.Name),
+	}
 	// A fixed pool of workers (rather than a goroutine per message) keeps
 	// their grown stacks: schema validation recurses deeply enough that a
 	// fresh goroutine's stack growth showed up in profiles.
@@ -202,7 +207,7 @@ func (b *Bus) Consume(ctx context.Context, spec ConsumerSpec, handler Handler) e
 			defer workers.Done()
 			defer inflight.Done()
 			for msg := range work {
-				b.process(workCtx, spec, hb, msg, handler)
+				b.process(workCtx, spec, cm, hb, msg, handler)
 			}
 		}()
 	}
@@ -269,7 +274,14 @@ func (b *Bus) returnBuffered(iter jetstream.MessagesContext, spec ConsumerSpec) 
 	iter.Stop()
 }
 
-func (b *Bus) process(ctx context.Context, spec ConsumerSpec, hb *heartbeats, msg jetstream.Msg, handler Handler) {
+// consumerMetrics are the metrics every message of a consumer touches,
+// looked up by label once per consumer rather than once per message.
+type consumerMetrics struct {
+	acked       prometheus.Counter
+	handlerTime prometheus.Observer
+}
+
+func (b *Bus) process(ctx context.Context, spec ConsumerSpec, cm *consumerMetrics, hb *heartbeats, msg jetstream.Msg, handler Handler) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		// Not a JetStream message; there is nothing to settle.
@@ -284,9 +296,10 @@ func (b *Bus) process(ctx context.Context, spec ConsumerSpec, hb *heartbeats, ms
 	}
 
 	parent := b.prop.Extract(ctx, headerCarrier(raw.Header))
-	hctx, span := b.tracer.Start(parent, "process "+string(ev.Type()),
-		trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(
+	hctx, span := b.tracer.Start(parent, spanName(processSpan, ev.Type()), trace.WithSpanKind(trace.SpanKindConsumer))
+	defer span.End()
+	if span.IsRecording() {
+		span.SetAttributes(
 			attribute.String("messaging.system", "nats"),
 			attribute.String("messaging.consumer.group.name", spec.Name),
 			attribute.String("messaging.destination.name", raw.Subject),
@@ -294,22 +307,22 @@ func (b *Bus) process(ctx context.Context, spec ConsumerSpec, hb *heartbeats, ms
 			attribute.String("cloudevents.event_type", string(ev.Type())),
 			attribute.String("cloudevents.event_id", ev.ID),
 			attribute.String("cloudevents.event_subject", ev.Subject),
-		))
-	defer span.End()
+		)
+	}
 
 	start := time.Now()
 	results, herr := b.runHandler(hctx, spec, hb, msg, handler, ev)
 	if herr == nil {
 		herr = b.publishResults(hctx, ev, results)
 	}
-	b.metrics.handlerTime.WithLabelValues(spec.Name).Observe(time.Since(start).Seconds())
+	cm.handlerTime.Observe(time.Since(start).Seconds())
 
 	switch {
 	case herr == nil:
 		if err := msg.Ack(); err != nil {
 			b.log.Warn("ack", "consumer", spec.Name, "id", ev.ID, "err", err)
 		}
-		b.metrics.handled.WithLabelValues(spec.Name, "ack").Inc()
+		cm.acked.Inc()
 		return
 	case ctx.Err() != nil:
 		// Stopped mid-handler: hand the message back without counting

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
@@ -30,21 +31,26 @@ type PublishAck struct {
 // event id twice stores it once: retries after a lost ack are safe.
 func (b *Bus) Publish(ctx context.Context, ev events.Event) (PublishAck, error) {
 	ev = b.complete(ev)
-	ctx, span := b.tracer.Start(ctx, "publish "+string(ev.Type()),
-		trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(
+	ctx, span := b.tracer.Start(ctx, spanName(publishSpan, ev.Type()), trace.WithSpanKind(trace.SpanKindProducer))
+	defer span.End()
+	// Attributes are built only for a span that records them: for the
+	// default no-op tracer they were a fifth of a publish's allocations.
+	if span.IsRecording() {
+		span.SetAttributes(
 			attribute.String("messaging.system", "nats"),
 			attribute.String("cloudevents.event_type", string(ev.Type())),
 			attribute.String("cloudevents.event_id", ev.ID),
 			attribute.String("cloudevents.event_subject", ev.Subject),
-		))
-	defer span.End()
+		)
+	}
 	msg, err := cenats.EncodeEvent(ctx, ev)
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
 		return PublishAck{}, err
 	}
-	span.SetAttributes(attribute.String("messaging.destination.name", msg.Subject))
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("messaging.destination.name", msg.Subject))
+	}
 	b.prop.Inject(ctx, headerCarrier(msg.Header))
 	ack, err := b.publishMsg(ctx, msg)
 	if err != nil {
@@ -57,6 +63,28 @@ func (b *Bus) Publish(ctx context.Context, ev events.Event) (PublishAck, error) 
 		b.metrics.published.WithLabelValues(string(ev.Type())).Inc()
 	}
 	return ack, nil
+}
+
+const (
+	publishSpan = iota
+	processSpan
+)
+
+// spanNames holds every registered type's span names ("publish <type>",
+// "process <type>"), built once instead of on every message.
+var spanNames = sync.OnceValue(func() map[events.Type][2]string {
+	m := map[events.Type][2]string{}
+	for _, d := range events.All() {
+		m[d.Type] = [2]string{"publish " + string(d.Type), "process " + string(d.Type)}
+	}
+	return m
+})
+
+func spanName(which int, t events.Type) string {
+	if n, ok := spanNames()[t]; ok {
+		return n[which]
+	}
+	return [2]string{"publish ", "process "}[which] + string(t)
 }
 
 func (b *Bus) publishMsg(ctx context.Context, msg *nats.Msg) (PublishAck, error) {
