@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/tidemark-dev/tidemark/events"
+	"github.com/tidemark-dev/tidemark/pkg/application"
 	"github.com/tidemark-dev/tidemark/pkg/bus"
+	"github.com/tidemark-dev/tidemark/services/coordinator"
 	"github.com/tidemark-dev/tidemark/tests/bustest"
 )
 
@@ -103,9 +105,20 @@ spec:
 			b.Fatal(err)
 		}
 	}
-	p := startTidemark(b, "serve", "--services", "coordinator", "--nats-url", env.Server.ClientURL(), "--apps-dir", appsDir,
-		"--data-dir", b.TempDir(), "--listen", "127.0.0.1:0", "--log-format", "json", "--instance-id", "bench")
-	p.logField(b, "tidemark serving", "http")
+	var p *tidemarkProcess
+	if os.Getenv("TIDEMARK_BENCH_INPROCESS") != "" {
+		// For profiling the coordinator with -cpuprofile: it runs in this
+		// process, and its RSS is not reported.
+		svc, err := coordinator.New(coordinator.Config{InstanceID: "bench", Apps: application.Dir(appsDir), BlueprintDir: appsDir}, env.Bus)
+		if err != nil {
+			b.Fatal(err)
+		}
+		go func() { _ = svc.Run(ctx) }()
+	} else {
+		p = startTidemark(b, "serve", "--services", "coordinator", "--nats-url", env.Server.ClientURL(), "--apps-dir", appsDir,
+			"--data-dir", b.TempDir(), "--listen", "127.0.0.1:0", "--log-format", "json", "--instance-id", "bench")
+		p.logField(b, "tidemark serving", "http")
+	}
 	b.ResetTimer()
 	for iter := range b.N {
 		start := time.Now()
@@ -165,7 +178,9 @@ spec:
 		b.ReportMetric(msf(pct(all, 50)), "latency-p50-ms")
 		b.ReportMetric(msf(pct(all, 99)), "latency-p99-ms")
 		b.ReportMetric(time.Since(start).Seconds(), "wall-s")
-		b.ReportMetric(float64(peakRSS(b, p.cmd.Process.Pid))/(1<<20), "coordinator-peak-rss-MiB")
+		if p != nil {
+			b.ReportMetric(float64(peakRSS(b, p.cmd.Process.Pid))/(1<<20), "coordinator-peak-rss-MiB")
+		}
 		_ = iter
 	}
 }

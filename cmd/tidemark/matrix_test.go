@@ -618,6 +618,13 @@ func runCell(t *testing.T, c *cluster, d *database, i int, cl cell) (res cellRes
 		trigger = ofRun(func(e events.Event) bool { _, ok := events.As[events.SnapshotReady](e); return ok })
 	case posExport:
 		trigger = ofRun(func(e events.Event) bool { _, ok := events.As[events.SnapshotReady](e); return ok })
+		if cl.fault == faultKillHooks || cl.fault == faultKillCoord || cl.fault == faultRestartNATS {
+			// After the thaw: the exports run, the lock is gone.
+			trigger = ofRun(func(e events.Event) bool {
+				p, ok := events.As[events.HookReleased](e)
+				return ok && p.Step == d.lockStep
+			})
+		}
 	case posRecording:
 		trigger = ofRun(func(e events.Event) bool { _, ok := events.As[events.BackupCompleted](e); return ok })
 	}

@@ -265,8 +265,23 @@ func parseCached(path string, info fs.FileInfo) parsedFile {
 	return pf
 }
 
+// located remembers which file defined an application, so a lookup checks
+// one file instead of the whole directory while that file still says so.
+var located sync.Map // dir + "\x00" + name -> path
+
 // Application implements Source.
 func (d Dir) Application(name string) (*Application, error) {
+	key := string(d) + "\x00" + name
+	if v, ok := located.Load(key); ok {
+		path := v.(string)
+		if info, err := os.Stat(path); err == nil {
+			if pf := parseCached(path, info); pf.err == nil && pf.app != nil && pf.app.Metadata.Name == name {
+				a := *pf.app
+				return &a, nil
+			}
+		}
+		located.Delete(key)
+	}
 	entries, err := os.ReadDir(string(d))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %q (reading %s: %v)", ErrNotFound, name, d, err)
@@ -281,10 +296,14 @@ func (d Dir) Application(name string) (*Application, error) {
 		if err != nil {
 			continue // removed meanwhile
 		}
-		pf := parseCached(filepath.Join(string(d), n), info)
+		path := filepath.Join(string(d), n)
+		pf := parseCached(path, info)
 		if pf.err != nil {
 			broken = append(broken, pf.err)
 			continue
+		}
+		if pf.app != nil {
+			located.Store(string(d)+"\x00"+pf.app.Metadata.Name, path)
 		}
 		if pf.app != nil && pf.app.Metadata.Name == name {
 			a := *pf.app

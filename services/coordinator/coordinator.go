@@ -221,7 +221,7 @@ func commandConsumer() bus.ConsumerSpec {
 		d, _ := events.Lookup(p.EventType())
 		subjects = append(subjects, d.Subject())
 	}
-	return bus.ConsumerSpec{Name: "coordinator", Stream: bus.StreamCoordinatorCommands, FilterSubjects: subjects, AckWait: 30 * time.Second, MaxDeliver: 10, Concurrency: 4}
+	return bus.ConsumerSpec{Name: "coordinator", Stream: bus.StreamCoordinatorCommands, FilterSubjects: subjects, AckWait: 30 * time.Second, MaxDeliver: 10, Concurrency: 16}
 }
 
 // resultTypes are the answers a run waits for.
@@ -301,7 +301,7 @@ func (s *Service) startBackup(ctx context.Context, ev events.Event, req events.B
 	if ref == "" {
 		ref = app.Spec.Blueprint
 	}
-	source, bp, err := loadBlueprint(ref, s.cfg.BlueprintDir)
+	source, bp, err := s.blueprints.load(ref, s.cfg.BlueprintDir)
 	if err != nil {
 		return s.reject(ev, req, "", err.Error()), nil
 	}

@@ -166,7 +166,6 @@ func (s *Service) schedule(r *Run) {
 	if r.Status.Terminal() && next.IsZero() {
 		delete(s.owned, r.ID)
 		s.mu.Unlock()
-		s.blueprints.forget(string(r.ID))
 		s.giveBack(r.ID)
 		return
 	}

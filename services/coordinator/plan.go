@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -23,7 +24,7 @@ var ErrNoBlueprint = errors.New("blueprint not found")
 // (absolute, or relative to baseDir, the directory of the Application files),
 // else the name of a bundled blueprint. It returns the file's bytes, which
 // the run keeps so all its steps render from the same blueprint.
-func loadBlueprint(ref, baseDir string) ([]byte, *blueprint.Blueprint, error) {
+func (c *blueprintCache) load(ref, baseDir string) ([]byte, *blueprint.Blueprint, error) {
 	if ref == "" {
 		return nil, nil, fmt.Errorf("%w: no blueprint named (set spec.blueprint in the Application, or blueprint in the request)", ErrNoBlueprint)
 	}
@@ -47,7 +48,7 @@ func loadBlueprint(ref, baseDir string) ([]byte, *blueprint.Blueprint, error) {
 		}
 		data = b
 	}
-	bp, err := parseBlueprint(file, data)
+	bp, err := c.parse(file, data)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -100,35 +101,37 @@ func appInfo(app *application.Application, bp *blueprint.Blueprint) (AppInfo, er
 	}, nil
 }
 
-// blueprints caches parsed run blueprints by run: parsing on every event
-// would cost more than the rest of a transition.
+// blueprintCache keeps parsed blueprints by their source: parsing on every
+// event would cost more than the rest of a transition, and thousands of runs
+// share a handful of blueprints. A parsed blueprint is never modified.
 type blueprintCache struct {
 	mu sync.Mutex
-	m  map[string]*blueprint.Blueprint
+	m  map[[sha256.Size]byte]*blueprint.Blueprint
 }
 
 func (c *blueprintCache) get(r *Run) (*blueprint.Blueprint, error) {
-	key := string(r.ID)
+	return c.parse(r.Blueprint, r.BlueprintSource)
+}
+
+func (c *blueprintCache) parse(file string, source []byte) (*blueprint.Blueprint, error) {
+	key := sha256.Sum256(append([]byte(file+"\x00"), source...))
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if bp, ok := c.m[key]; ok {
+	bp, ok := c.m[key]
+	c.mu.Unlock()
+	if ok {
 		return bp, nil
 	}
-	bp, err := parseBlueprint(r.Blueprint, r.BlueprintSource)
+	bp, err := parseBlueprint(file, source)
 	if err != nil {
 		return nil, err
 	}
-	if c.m == nil {
-		c.m = map[string]*blueprint.Blueprint{}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) > 1000 {
+		c.m = map[[sha256.Size]byte]*blueprint.Blueprint{}
 	}
 	c.m[key] = bp
 	return bp, nil
-}
-
-func (c *blueprintCache) forget(id string) {
-	c.mu.Lock()
-	delete(c.m, id)
-	c.mu.Unlock()
 }
 
 // templateContext is what the run's templates see now.
