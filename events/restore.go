@@ -61,7 +61,8 @@ func (RestoreCompleted) EventType() Type { return "io.tidemark.restore.completed
 type RestoreFailed struct {
 	RunID          RunID          `json:"runId"`
 	RestorePointID RestorePointID `json:"restorePointId"`
-	Application    string         `json:"application"`
+	// Application is empty when the restore point was not found.
+	Application string `json:"application,omitempty"`
 	Reason         string         `json:"reason"`
 	FailedStep     string         `json:"failedStep,omitempty"`
 	Compensations  []Compensation `json:"compensations,omitempty"`

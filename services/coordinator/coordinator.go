@@ -217,7 +217,7 @@ func ignoreCancel(ctx context.Context, err error) error {
 
 func commandConsumer() bus.ConsumerSpec {
 	var subjects []string
-	for _, p := range []events.Payload{events.BackupRequested{}, events.RunCancelRequested{}} {
+	for _, p := range []events.Payload{events.BackupRequested{}, events.RestoreRequested{}, events.RunCancelRequested{}} {
 		d, _ := events.Lookup(p.EventType())
 		subjects = append(subjects, d.Subject())
 	}
@@ -230,6 +230,7 @@ var resultTypes = []events.Payload{
 	events.SnapshotReady{}, events.SnapshotFailed{}, events.SnapshotDeleted{},
 	events.VolumeExported{}, events.VolumeExportFailed{},
 	events.RestorePointRecorded{},
+	events.VolumeImported{}, events.VolumeImportFailed{},
 }
 
 func (s *Service) resultConsumer() bus.ConsumerSpec {
@@ -267,6 +268,8 @@ func (s *Service) handleCommand(ctx context.Context, ev events.Event) ([]events.
 	switch p := ev.Data.(type) {
 	case events.BackupRequested:
 		return s.startBackup(ctx, ev, p)
+	case events.RestoreRequested:
+		return nil, s.startRestore(ctx, ev, p)
 	case events.RunCancelRequested:
 		err := s.update(ctx, p.RunID, false, func(sg *saga) { sg.cause = ev.ID; sg.cancel(p.RequestedBy, p.Reason) })
 		if errors.Is(err, bus.ErrKeyNotFound) {
@@ -420,6 +423,10 @@ func runOf(ev events.Event) events.RunID {
 		return p.RunID
 	case events.RestorePointRecorded:
 		return p.RunID
+	case events.VolumeImported:
+		return p.RunID
+	case events.VolumeImportFailed:
+		return p.RunID
 	}
 	if ev.CorrelationID != "" {
 		return events.RunID(ev.CorrelationID)
@@ -481,6 +488,9 @@ func (s *Service) update(ctx context.Context, id events.RunID, republish bool, f
 		}
 		bp, err := s.blueprints.get(&r)
 		if err != nil {
+			if r.Status.Terminal() {
+				return nil // refused before it had a blueprint: nothing to do
+			}
 			return bus.Permanent(fmt.Errorf("run %s: %w", id, err))
 		}
 		wasTerminal := r.Status.Terminal()
@@ -559,6 +569,9 @@ func outstanding(r *Run, sg *saga, since time.Time) []events.Event {
 func (s *Service) publish(ctx context.Context, evs []events.Event) error {
 	for _, ev := range evs {
 		if _, err := s.bus.Publish(ctx, ev); err != nil {
+			if ctx.Err() == nil {
+				s.cfg.Logger.Error("publishing failed; the triggering message will be redelivered", "type", ev.Type(), "subject", ev.Subject, "err", err)
+			}
 			return fmt.Errorf("publishing %s: %w", ev.Type(), err)
 		}
 	}

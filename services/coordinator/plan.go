@@ -142,8 +142,24 @@ func (r *Run) templateContext(bp *blueprint.Blueprint) blueprint.TemplateContext
 			steps[t.Name] = blueprint.StepResult{Output: t.Outputs}
 		}
 	}
+	var backup *blueprint.BackupRecord
+	volumes := r.App.Volumes
+	if r.Restore != nil {
+		backup = &blueprint.BackupRecord{Steps: map[string]blueprint.StepResult{}, Time: r.Restore.BackupTime}
+		for step, out := range r.Restore.BackupSteps {
+			backup.Steps[step] = blueprint.StepResult{Output: out}
+		}
+		// A restore's steps work on the restored volumes.
+		volumes = map[string]string{}
+		for _, a := range r.Restore.Artifacts {
+			if a.Location != "" {
+				volumes[a.Name] = a.Location
+			}
+		}
+	}
 	return blueprint.TemplateContext{
-		App:       blueprint.App{Name: r.App.Name, Namespace: r.App.Namespace, Volumes: r.App.Volumes},
+		Backup:    backup,
+		App:       blueprint.App{Name: r.App.Name, Namespace: r.App.Namespace, Volumes: volumes},
 		Namespace: r.App.Namespace,
 		Targets:   r.App.Targets,
 		Steps:     steps,

@@ -30,6 +30,10 @@ func (s *saga) apply(ev events.Event) {
 		s.onFailure(ev, "export "+p.Volume, fmt.Sprintf("export of %s failed: %s", p.Volume, p.Error), p.Permanent)
 	case events.RestorePointRecorded:
 		s.onRecorded(p)
+	case events.VolumeImported:
+		s.onVolumeImported(ev, p)
+	case events.VolumeImportFailed:
+		s.onFailure(ev, "import "+p.Volume, fmt.Sprintf("import of %s failed: %s", p.Volume, p.Error), p.Permanent)
 	case events.DeadLettered:
 		s.onDeadLettered(ev, p)
 	}
@@ -310,7 +314,7 @@ func (s *saga) onDeadLettered(ev events.Event, p events.DeadLettered) {
 		return
 	}
 	errText := fmt.Sprintf("%s was set aside after %d deliveries: %s", t.Name, p.Deliveries, p.Reason)
-	if t.Role == RoleInverse || t.Role == RoleExport || t.Role == RoleCleanup {
+	if t.Role == RoleInverse || t.Role == RoleExport || t.Role == RoleImport || t.Role == RoleCleanup {
 		if s.scheduleRetry(t, errText) {
 			return
 		}
@@ -346,10 +350,10 @@ func (s *saga) tick() {
 }
 
 func (s *saga) timedOut(t *Task) {
-	service := map[string]string{RoleStep: "hookrunner", RoleInverse: "hookrunner", RoleSnapshot: "snapshotter", RoleExport: "data mover", RoleCleanup: "snapshotter"}[t.Role]
+	service := map[string]string{RoleStep: "hookrunner", RoleInverse: "hookrunner", RoleSnapshot: "snapshotter", RoleExport: "data mover", RoleImport: "data mover", RoleCleanup: "snapshotter"}[t.Role]
 	errText := fmt.Sprintf("%s timed out after %s: no answer from the %s", t.Name, t.Timeout, service)
 	switch t.Role {
-	case RoleInverse, RoleExport, RoleCleanup:
+	case RoleInverse, RoleExport, RoleImport, RoleCleanup:
 		// Safe to send again: inverses are idempotent, and an export or a
 		// deletion carries its idempotency key.
 		if s.scheduleRetry(t, errText) {
@@ -357,4 +361,21 @@ func (s *saga) timedOut(t *Task) {
 		}
 	}
 	s.failTask(t, errText)
+}
+
+func (s *saga) onVolumeImported(ev events.Event, p events.VolumeImported) {
+	r := s.r
+	t := s.match(ev, "import "+p.Volume)
+	if t == nil || t.State != TaskSent || r.Restore == nil {
+		return
+	}
+	a := r.Restore.artifact(p.Volume)
+	if a != nil && a.Kind == "volume" && (a.Files > 0 || a.Bytes > 0) && (p.Files != a.Files || p.Bytes != a.Bytes) {
+		s.failTask(t, fmt.Sprintf("verification of %s failed: the restore wrote %d files and %d bytes, the backup recorded %d files and %d bytes", p.Volume, p.Files, p.Bytes, a.Files, a.Bytes))
+		return
+	}
+	s.done(t, TaskSucceeded, "")
+	r.Restore.BytesRestored += p.Bytes
+	r.log(s.now, "imported %s: %d files, %d bytes", p.Volume, p.Files, p.Bytes)
+	s.advance()
 }

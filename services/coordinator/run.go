@@ -46,6 +46,8 @@ const (
 	StageThaw Stage = "thaw"
 	// StageExport moves every snapshot and dump into the repository.
 	StageExport Stage = "export"
+	// StageImport restores a restore point's volumes (a restore's barrier).
+	StageImport Stage = "import"
 	// StageRecord waits for the catalog to record the restore point.
 	StageRecord Stage = "record"
 	// StageCompensate runs owed inverses after a failure.
@@ -78,6 +80,7 @@ const (
 	RoleSnapshot = "snapshot"
 	RoleInverse  = "inverse"
 	RoleExport   = "export"
+	RoleImport   = "import"
 	RoleCleanup  = "cleanup"
 	RoleRecord   = "record"
 )
@@ -189,12 +192,55 @@ type Run struct {
 	// retrying them in the background.
 	Unresolved     []Unresolved          `json:"unresolved,omitempty"`
 	RestorePointID events.RestorePointID `json:"restorePointId,omitempty"`
+	// Restore holds what a restore run restores and where.
+	Restore        *RestorePlan          `json:"restore,omitempty"`
 	BytesRead      int64                 `json:"bytesRead,omitempty"`
 	BytesUploaded  int64                 `json:"bytesUploaded,omitempty"`
 	CreatedAt      time.Time             `json:"createdAt"`
 	UpdatedAt      time.Time             `json:"updatedAt"`
 	FinishedAt     *time.Time            `json:"finishedAt,omitempty"`
 	History        []Event               `json:"history,omitempty"`
+}
+
+// Run kinds.
+const (
+	KindBackup  = "backup"
+	KindRestore = "restore"
+)
+
+// RestorePlan is what a restore run restores and where.
+type RestorePlan struct {
+	Target events.RestoreTarget `json:"target"`
+	// Artifacts are the point's volumes and dumps being restored (after
+	// --only), with what the backup recorded of each, to verify against.
+	Artifacts []RestoreArtifact `json:"artifacts"`
+	// BackupSteps and BackupTime are what the backup recorded: the restore
+	// action's .Backup.
+	BackupSteps map[string]map[string]string `json:"backupSteps,omitempty"`
+	BackupTime  time.Time                    `json:"backupTime"`
+	// BytesRestored adds up what the imports wrote.
+	BytesRestored int64 `json:"bytesRestored,omitempty"`
+}
+
+// RestoreArtifact is one volume or dump of a restore point.
+type RestoreArtifact struct {
+	Name       string            `json:"name"`
+	Kind       string            `json:"kind"` // volume or dump
+	ManifestID events.ManifestID `json:"manifestId"`
+	Files      int64             `json:"files,omitempty"`
+	Bytes      int64             `json:"bytes"`
+	// Location is where a volume is restored to.
+	Location string `json:"location,omitempty"`
+}
+
+// artifact returns the named artifact of the plan, or nil.
+func (p *RestorePlan) artifact(name string) *RestoreArtifact {
+	for i := range p.Artifacts {
+		if p.Artifacts[i].Name == name {
+			return &p.Artifacts[i]
+		}
+	}
+	return nil
 }
 
 // Unresolved is an inverse that failed all its retries after the run ended.

@@ -51,7 +51,12 @@ func (s *saga) emit(id string, p events.Payload) {
 	s.out = append(s.out, ev)
 }
 
-func (s *saga) action() blueprint.Action { return s.bp.Action(blueprint.ActionBackup) }
+func (s *saga) action() blueprint.Action {
+	if s.r.Kind == KindRestore {
+		return s.bp.Action(blueprint.ActionRestore)
+	}
+	return s.bp.Action(blueprint.ActionBackup)
+}
 
 func (s *saga) snapshotIndex() int { return s.action().SnapshotIndex() }
 
@@ -77,6 +82,9 @@ func withKey(p events.Payload, key string) events.Payload {
 		c.IdempotencyKey = key
 		return c
 	case events.VolumeExportRequested:
+		c.IdempotencyKey = key
+		return c
+	case events.VolumeImportRequested:
 		c.IdempotencyKey = key
 		return c
 	}
@@ -166,8 +174,18 @@ func (s *saga) start() {
 	for _, st := range s.action() {
 		steps = append(steps, st.Name)
 	}
-	s.r.log(s.now, "accepted: blueprint %s, steps %v, maxFreeze %s", s.r.Blueprint, steps, s.r.MaxFreeze)
-	s.emit(string(s.r.ID)+"/accepted", events.BackupAccepted{RunID: s.r.ID, Application: s.r.Application, Blueprint: s.r.Blueprint, Steps: steps})
+	if s.r.Kind == KindRestore {
+		p := s.r.Restore
+		var names []string
+		for _, a := range p.Artifacts {
+			names = append(names, a.Name)
+		}
+		s.r.log(s.now, "accepted: restore of point %s to %s %s: %v; blueprint %s, steps %v", s.r.RestorePointID, p.Target.Mode, p.Target.Name, names, s.r.Blueprint, steps)
+		s.emit(string(s.r.ID)+"/accepted", events.RestoreAccepted{RunID: s.r.ID, RestorePointID: s.r.RestorePointID, Application: s.r.Application, Target: p.Target})
+	} else {
+		s.r.log(s.now, "accepted: blueprint %s, steps %v, maxFreeze %s", s.r.Blueprint, steps, s.r.MaxFreeze)
+		s.emit(string(s.r.ID)+"/accepted", events.BackupAccepted{RunID: s.r.ID, Application: s.r.Application, Blueprint: s.r.Blueprint, Steps: steps})
+	}
 	s.advance()
 }
 
@@ -177,16 +195,24 @@ func (s *saga) advance() {
 	for r.Status == StatusRunning {
 		switch r.Stage {
 		case StageSteps:
-			if r.inFlight(RoleStep, RoleSnapshot) {
+			if r.inFlight(RoleStep, RoleSnapshot, RoleImport) {
 				return
 			}
 			action := s.action()
 			if r.Cursor >= len(action) {
+				if r.Kind == KindRestore {
+					s.completeRestore()
+					return
+				}
 				s.startExports()
 				continue
 			}
 			st := &action[r.Cursor]
 			if st.Kind == blueprint.KindSnapshot {
+				if r.Kind == KindRestore {
+					s.startImports()
+					continue
+				}
 				s.sendSnapshot(st)
 				return
 			}
@@ -200,8 +226,25 @@ func (s *saga) advance() {
 				r.Cursor++
 				continue
 			}
+			if r.Kind == KindRestore && st.Kind == blueprint.KindDump {
+				ready, skip := s.dumpSource(st, &rs)
+				if skip {
+					r.Cursor++
+					continue
+				}
+				if !ready {
+					return
+				}
+			}
 			s.sendStep(st, rs)
 			return
+		case StageImport:
+			if r.inFlight(RoleImport) {
+				return
+			}
+			r.log(s.now, "volumes restored and verified")
+			r.Stage = StageSteps
+			r.Cursor = s.snapshotIndex() + 1
 		case StageThaw:
 			if r.inFlight(RoleInverse) {
 				return
@@ -255,7 +298,7 @@ func (s *saga) sendStep(st *blueprint.Step, rs blueprint.RenderedStep) {
 	}
 	if owed.Release || owed.Inverse != nil || owed.Deferred {
 		r.Owed = append(r.Owed, owed)
-		if r.Cursor < s.snapshotIndex() && r.FreezeStart == nil {
+		if r.Kind == KindBackup && r.Cursor < s.snapshotIndex() && r.FreezeStart == nil {
 			now := s.now
 			deadline := now.Add(r.MaxFreeze.Std())
 			r.FreezeStart, r.FreezeDeadline = &now, &deadline
@@ -574,6 +617,18 @@ func (s *saga) finishFailed() {
 	r.FinishedAt = &now
 	r.Stage = StageDone
 	comps := r.Compensations
+	if r.Kind == KindRestore {
+		if r.CancelledBy != "" {
+			r.Status = StatusCancelled
+			r.log(s.now, "cancelled")
+			s.emit(string(r.ID)+"/cancelled", events.RestoreCancelled{RunID: r.ID, RestorePointID: r.RestorePointID, Application: r.Application, CancelledBy: r.CancelledBy, Compensations: comps})
+			return
+		}
+		r.Status = StatusFailed
+		r.log(s.now, "failed: %s", r.Cause)
+		s.emit(string(r.ID)+"/failed", events.RestoreFailed{RunID: r.ID, RestorePointID: r.RestorePointID, Application: r.Application, Reason: r.Cause, FailedStep: r.FailedStep, Compensations: comps})
+		return
+	}
 	if r.CancelledBy != "" || r.Cause == "cancelled" {
 		r.Status = StatusCancelled
 		r.log(s.now, "cancelled")
@@ -607,4 +662,75 @@ func (s *saga) afterCleanup() {
 	case r.Status == StatusCompensating && r.Stage == StageCleanup:
 		s.finishFailed()
 	}
+}
+
+// --- restore ---------------------------------------------------------------
+
+// startImports restores every volume of the plan, in parallel: the restore
+// action's barrier.
+func (s *saga) startImports() {
+	r := s.r
+	r.Stage = StageImport
+	n := 0
+	for _, a := range r.Restore.Artifacts {
+		if a.Kind != "volume" {
+			continue
+		}
+		n++
+		s.newTask("import/"+a.Name, "import "+a.Name, RoleImport, events.VolumeImportRequested{
+			RunID: r.ID, Volume: a.Name, ManifestID: a.ManifestID, Repository: s.cfg.Repository, TargetKind: "directory", Target: a.Location,
+		}, s.cfg.ExportTimeout, s.cfg.ExportAttempts, 0)
+	}
+	r.log(s.now, "importing %d volume(s)", n)
+}
+
+// dumpSource prepares a restore's dump step: its artifact is first put where
+// the hookrunner streams it from (the datamover's stream import), then the
+// step is sent with FromArtifact. It returns skip for an artifact the
+// restore leaves out (--only).
+func (s *saga) dumpSource(st *blueprint.Step, rs *blueprint.RenderedStep) (ready, skip bool) {
+	r := s.r
+	var spec blueprint.DumpSpec
+	if err := json.Unmarshal(rs.Spec, &spec); err != nil {
+		s.fail(fmt.Sprintf("step %s: its dump spec does not decode: %v", st.Name, err), st.Name)
+		return false, false
+	}
+	a := r.Restore.artifact(spec.Artifact)
+	if a == nil {
+		r.log(s.now, "step %s skipped: artifact %s is not part of this restore", st.Name, spec.Artifact)
+		return false, true
+	}
+	imp := r.task("import/" + a.Name)
+	if imp == nil {
+		s.newTask("import/"+a.Name, "import "+a.Name, RoleImport, events.VolumeImportRequested{
+			RunID: r.ID, Volume: a.Name, ManifestID: a.ManifestID, Repository: s.cfg.Repository, TargetKind: "stream", Target: st.Name,
+		}, s.cfg.ExportTimeout, s.cfg.ExportAttempts, 0)
+		return false, false
+	}
+	if imp.State != TaskSucceeded {
+		return false, false
+	}
+	spec.FromArtifact = true
+	raw, err := json.Marshal(spec)
+	if err != nil {
+		s.fail(fmt.Sprintf("step %s: %v", st.Name, err), st.Name)
+		return false, false
+	}
+	rs.Spec = raw
+	return true, false
+}
+
+// completeRestore ends a restore whose steps all ran.
+func (s *saga) completeRestore() {
+	r := s.r
+	r.Status, r.Stage = StatusCompleted, StageDone
+	now := s.now
+	r.FinishedAt = &now
+	// The inverses owed by restore steps are for failures only.
+	r.Owed = nil
+	r.log(s.now, "restore completed: %d bytes restored to %s %s", r.Restore.BytesRestored, r.Restore.Target.Mode, r.Restore.Target.Name)
+	s.emit(string(r.ID)+"/completed", events.RestoreCompleted{
+		RunID: r.ID, RestorePointID: r.RestorePointID, Application: r.Application, Target: r.Restore.Target,
+		StartedAt: r.CreatedAt, FinishedAt: s.now.UTC(), BytesRestored: r.Restore.BytesRestored,
+	})
 }

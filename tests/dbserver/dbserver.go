@@ -220,6 +220,53 @@ func MariaDB(t testing.TB) *Server {
 	return s
 }
 
+// MariaDBOn starts a MariaDB server on an existing data directory, such as
+// a restored one, whose root accounts already have password. A server that
+// does not come up is an error, not a test failure: whether a restored
+// directory starts is what a restore test wants to know.
+func MariaDBOn(t testing.TB, dataDir, password string) (*Server, error) {
+	t.Helper()
+	if platformErr != nil {
+		unavailable(t, "MariaDB: %v", platformErr)
+		return nil, platformErr
+	}
+	bins, err := ensureMariaDB()
+	if err != nil {
+		unavailable(t, "MariaDB: %v", err)
+		return nil, err
+	}
+	dir := t.TempDir()
+	s := &Server{Host: "127.0.0.1", User: "root", Password: password, DataDir: dataDir, kind: "mariadb", dir: dir,
+		logPath: filepath.Join(dir, "mariadbd.log"), stopSig: syscall.SIGTERM, secured: true}
+	t.Cleanup(func() { s.cleanup(t) })
+	sockDir, err := shortDir(t, dir, len("mysqld.sock"))
+	if err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(sockDir, "mysqld.sock")
+	tmpDir := filepath.Join(dir, "tmp")
+	if err := os.MkdirAll(tmpDir, 0o700); err != nil {
+		return nil, err
+	}
+	s.argv = func(port int) []string {
+		a := []string{bins.mariadbd, "--no-defaults", "--datadir=" + s.DataDir, "--socket=" + sock, "--port=" + strconv.Itoa(port),
+			"--bind-address=127.0.0.1", "--skip-name-resolve", "--pid-file=" + filepath.Join(dir, "mariadbd.pid"), "--tmpdir=" + tmpDir}
+		if os.Geteuid() == 0 {
+			a = append(a, "--user=root")
+		}
+		return a
+	}
+	s.sock = sock
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	start := time.Now()
+	if err := s.start(ctx); err != nil {
+		return nil, err
+	}
+	t.Logf("dbserver: MariaDB on %s listening on %s, up in %s", dataDir, s.addr(), time.Since(start).Round(time.Millisecond))
+	return s, nil
+}
+
 // secureMariaDB connects over the unix socket as root, gives the root
 // accounts the password, removes the anonymous accounts and the root@<hostname>
 // account (which --skip-name-resolve ignores, so ALTER USER cannot reach it),
