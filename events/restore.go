@@ -62,10 +62,10 @@ type RestoreFailed struct {
 	RunID          RunID          `json:"runId"`
 	RestorePointID RestorePointID `json:"restorePointId"`
 	// Application is empty when the restore point was not found.
-	Application string `json:"application,omitempty"`
-	Reason         string         `json:"reason"`
-	FailedStep     string         `json:"failedStep,omitempty"`
-	Compensations  []Compensation `json:"compensations,omitempty"`
+	Application   string         `json:"application,omitempty"`
+	Reason        string         `json:"reason"`
+	FailedStep    string         `json:"failedStep,omitempty"`
+	Compensations []Compensation `json:"compensations,omitempty"`
 }
 
 // EventType implements Payload.

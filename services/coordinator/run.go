@@ -193,13 +193,13 @@ type Run struct {
 	Unresolved     []Unresolved          `json:"unresolved,omitempty"`
 	RestorePointID events.RestorePointID `json:"restorePointId,omitempty"`
 	// Restore holds what a restore run restores and where.
-	Restore        *RestorePlan          `json:"restore,omitempty"`
-	BytesRead      int64                 `json:"bytesRead,omitempty"`
-	BytesUploaded  int64                 `json:"bytesUploaded,omitempty"`
-	CreatedAt      time.Time             `json:"createdAt"`
-	UpdatedAt      time.Time             `json:"updatedAt"`
-	FinishedAt     *time.Time            `json:"finishedAt,omitempty"`
-	History        []Event               `json:"history,omitempty"`
+	Restore       *RestorePlan `json:"restore,omitempty"`
+	BytesRead     int64        `json:"bytesRead,omitempty"`
+	BytesUploaded int64        `json:"bytesUploaded,omitempty"`
+	CreatedAt     time.Time    `json:"createdAt"`
+	UpdatedAt     time.Time    `json:"updatedAt"`
+	FinishedAt    *time.Time   `json:"finishedAt,omitempty"`
+	History       []Event      `json:"history,omitempty"`
 }
 
 // Run kinds.
