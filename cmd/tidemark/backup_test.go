@@ -87,6 +87,23 @@ func TestBackupWaitRunsListShowAndFailureExitCode(t *testing.T) {
 		t.Fatalf("no run id in:\n%s", out)
 	}
 
+	point := regexp.MustCompile(`restore point ([0-9a-f-]{36}) recorded`).FindStringSubmatch(out)
+	if point == nil {
+		t.Fatalf("no restore point in:\n%s", out)
+	}
+	restoreDir := filepath.Join(t.TempDir(), "restored")
+	out, err = runTidemark(t, ctx, "restore", point[1], "--to", "new", "--target", restoreDir, "--wait", "--nats-url", natsURL)
+	if err != nil || !strings.Contains(out, "restore completed") || !strings.Contains(out, "✓ restored data: 1 files") {
+		t.Fatalf("restore --wait: %v\n%s", err, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(restoreDir, "data", "table.db")); err != nil || string(b) != strings.Repeat("row\n", 5000) {
+		t.Errorf("restored file differs: %v", err)
+	}
+	out, err = runTidemark(t, ctx, "restore", point[1], "--to", "new", "--target", restoreDir, "--wait", "--nats-url", natsURL)
+	if err == nil || !strings.Contains(err.Error(), "restore refused") || !strings.Contains(err.Error(), "not empty") {
+		t.Errorf("restore onto the same, now non-empty, target: %v\n%s", err, out)
+	}
+
 	out, err = runTidemark(t, ctx, "backup", "--app", "shop/broken", "--wait", "--nats-url", natsURL)
 	if err == nil {
 		t.Fatalf("a failed backup exited 0:\n%s", out)
@@ -114,11 +131,16 @@ func TestBackupWaitRunsListShowAndFailureExitCode(t *testing.T) {
 		ID, Application string
 		Status          string
 	}
-	if err := json.Unmarshal([]byte(out), &runs); err != nil || len(runs) != 2 {
+	if err := json.Unmarshal([]byte(out), &runs); err != nil || len(runs) != 4 {
 		t.Fatalf("runs list -o json: %v\n%s", err, out)
 	}
-	statuses := map[string]string{runs[0].Application: runs[0].Status, runs[1].Application: runs[1].Status}
-	if statuses["shop/files"] != "completed" || statuses["shop/broken"] != "failed" {
+	statuses := map[string]int{}
+	for _, r := range runs {
+		statuses[r.Application+" "+r.Status]++
+	}
+	// The backup and the restore of shop/files completed; the refused
+	// restore and the broken backup failed.
+	if statuses["shop/files completed"] != 2 || statuses["shop/files failed"] != 1 || statuses["shop/broken failed"] != 1 {
 		t.Errorf("statuses %v", statuses)
 	}
 	out, err = runTidemark(t, ctx, "runs", "show", okRun[1], "--nats-url", natsURL)

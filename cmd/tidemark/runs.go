@@ -278,7 +278,7 @@ func newRunsCommand() *cobra.Command {
 	var nopts natsOptions
 	cmd := &cobra.Command{
 		Use:   "runs",
-		Short: "List, inspect and cancel backup runs",
+		Short: "List, inspect and cancel backup and restore runs",
 	}
 	addNATSFlags(cmd, &nopts)
 
@@ -398,6 +398,21 @@ func newRunsCommand() *cobra.Command {
 					case events.RestorePointRecorded:
 						if p.RunID == id {
 							return fmt.Errorf("run %s completed before the cancel took effect (restore point %s)", id, p.RestorePointID)
+						}
+					case events.RestoreCancelled:
+						if p.RunID == id {
+							printCompensations(cmd.OutOrStdout(), p.Compensations)
+							fmt.Fprintf(cmd.OutOrStdout(), "run %s cancelled\n", id)
+							return nil
+						}
+					case events.RestoreFailed:
+						if p.RunID == id {
+							printCompensations(cmd.OutOrStdout(), p.Compensations)
+							return fmt.Errorf("run %s failed before the cancel: %s", id, p.Reason)
+						}
+					case events.RestoreCompleted:
+						if p.RunID == id {
+							return fmt.Errorf("run %s completed before the cancel took effect", id)
 						}
 					}
 				}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tidemark-dev/tidemark/events"
+)
+
+func newRestoreCommand() *cobra.Command {
+	var (
+		nopts   natsOptions
+		to      string
+		target  string
+		only    []string
+		wait    bool
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "restore POINT_ID --to new --target DIR [--only NAME,...] [--wait]",
+		Short: "Restore a restore point",
+		Long: `Restore a restore point. On the local platform a restore to new writes each
+volume of the point into DIR/<volume> (DIR must be absent or empty), then runs
+the restore steps of the blueprint the backup used, with what the backup
+recorded (a backup label, positions). Each restored volume is checked against
+what the backup stored (file count and bytes); a mismatch fails the restore.
+
+--only restores just the named volumes and dumps. Bad requests (an unknown
+point, a non-empty target, an unknown name) are refused before anything is
+written.
+
+With --wait, follow the restore to its end with progress, and exit 1 if it
+fails.`,
+		Example: `  tidemark restore 01JD3Z6X8K2M4N6P8Q0R2S4T6V --to new --target /srv/restore/shop --wait
+  tidemark restore 01JD3Z6X8K2M4N6P8Q0R2S4T6V --to new --target /srv/restore/logs --only logs`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch to {
+			case "new":
+				if target == "" {
+					return usageError{errors.New("--target is required with --to new: the directory to restore into")}
+				}
+				abs, err := filepath.Abs(target)
+				if err != nil {
+					return err
+				}
+				target = abs
+			case "production":
+			default:
+				return usageError{fmt.Errorf("--to %q: want new or production", to)}
+			}
+			c, err := connect(nopts, "tidemark restore")
+			if err != nil {
+				return err
+			}
+			defer c.close()
+			ctx := cmd.Context()
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			followCtx, stop := context.WithCancel(ctx)
+			defer stop()
+			facts, err := c.follow(followCtx)
+			if err != nil {
+				return err
+			}
+			req := events.RestoreRequested{RestorePointID: events.RestorePointID(args[0]), Target: events.RestoreTarget{Mode: to, Name: target}, Only: only, RequestedBy: requester()}
+			ev := events.New("/tidemark/cli", args[0], req, time.Now())
+			if _, err := c.bus.Publish(ctx, ev); err != nil {
+				return err
+			}
+			return watchRestore(ctx, cmd.OutOrStdout(), facts, ev.ID, wait)
+		},
+	}
+	addNATSFlags(cmd, &nopts)
+	f := cmd.Flags()
+	f.StringVar(&to, "to", "new", "new (beside the original) or production (in place)")
+	f.StringVar(&target, "target", "", "where a restore to new goes: a directory on the local platform")
+	f.StringSliceVar(&only, "only", nil, "restore only these volumes or dumps (comma-separated)")
+	f.BoolVar(&wait, "wait", false, "follow the restore to its end; exit 1 if it fails")
+	f.DurationVar(&timeout, "timeout", 0, "give up waiting after this long (the restore goes on)")
+	return cmd
+}
+
+func watchRestore(ctx context.Context, w io.Writer, facts <-chan events.Event, requestID string, wait bool) error {
+	var run events.RunID
+	progress := map[string]time.Time{}
+	for {
+		var ev events.Event
+		select {
+		case <-ctx.Done():
+			if run != "" {
+				return fmt.Errorf("stopped waiting; restore %s goes on (see `tidemark runs show %s`)", run, run)
+			}
+			return fmt.Errorf("no answer to the restore request: is a coordinator running? (%w)", ctx.Err())
+		case ev = <-facts:
+		}
+		if run == "" {
+			if ev.CausationID != requestID {
+				continue
+			}
+			switch p := ev.Data.(type) {
+			case events.RestoreFailed:
+				return fmt.Errorf("restore refused: %s", p.Reason)
+			case events.RestoreAccepted:
+				run = p.RunID
+				fmt.Fprintf(w, "run %s: restoring point %s of %s to %s %s\n", run, p.RestorePointID, p.Application, p.Target.Mode, p.Target.Name)
+				if !wait {
+					fmt.Fprintf(w, "follow it with: tidemark runs show %s\n", run)
+					return nil
+				}
+			}
+			continue
+		}
+		if ev.CorrelationID != string(run) && ev.Subject != string(run) {
+			continue
+		}
+		switch p := ev.Data.(type) {
+		case events.VolumeImportProgress:
+			if last, ok := progress[p.Volume]; ok && time.Since(last) < 2*time.Second {
+				continue
+			}
+			progress[p.Volume] = time.Now()
+			fmt.Fprintf(w, "    import %s %s\n", p.Volume, progressBar(p.BytesDone, p.BytesTotal, p.FilesDone, p.FilesTotal))
+		case events.VolumeImported:
+			fmt.Fprintf(w, "  ✓ restored %s: %d files, %s in %s\n", p.Volume, p.Files, humanBytes(p.Bytes), p.FinishedAt.Sub(p.StartedAt).Round(time.Millisecond))
+		case events.HookSucceeded:
+			fmt.Fprintf(w, "  ✓ %s %s\n", p.Step, p.FinishedAt.Sub(p.StartedAt).Round(time.Millisecond))
+		case events.HookFailed:
+			fmt.Fprintf(w, "  ✗ %s: %s\n", p.Step, p.Error)
+		case events.RestoreCompleted:
+			fmt.Fprintf(w, "restore completed: %s restored in %s\n", humanBytes(p.BytesRestored), p.FinishedAt.Sub(p.StartedAt).Round(time.Millisecond))
+			return nil
+		case events.RestoreFailed:
+			printCompensations(w, p.Compensations)
+			return fmt.Errorf("restore failed: %s", p.Reason)
+		case events.RestoreCancelled:
+			printCompensations(w, p.Compensations)
+			return fmt.Errorf("restore cancelled by %s", orSomeone(p.CancelledBy))
+		}
+	}
+}
