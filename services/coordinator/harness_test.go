@@ -285,7 +285,7 @@ func (s *system) waitStatus(run events.RunID, timeout time.Duration) coordinator
 			return r
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("run %s still %s/%s after %s; history:\n%s", run, r.Status, r.Stage, timeout, history(r))
+			s.t.Fatalf("run %s still %s/%s (unresolved %v, frozen %v) after %s; history (%d):\n%s", run, r.Status, r.Stage, r.Unresolved, r.Frozen(), timeout, len(r.History), history(r))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -567,6 +567,10 @@ func (s *saga) inverseEnded(t *Task, ok bool, errText string) {
 		if ok {
 			r.Unresolved = slices.Delete(r.Unresolved, i, i+1)
 			r.log(s.now, "compensation %s finally succeeded (attempt %d)", t.Name, t.Attempt)
+			if len(r.Unresolved) == 0 && r.FreezeStart != nil && r.FreezeEnd == nil {
+				now := s.now
+				r.FreezeEnd = &now
+			}
 			return
 		}
 		u := &r.Unresolved[i]
@@ -617,6 +621,10 @@ func (s *saga) finishFailed() {
 	r.FinishedAt = &now
 	r.Stage = StageDone
 	comps := r.Compensations
+	if r.FreezeStart != nil && r.FreezeEnd == nil && len(r.Unresolved) == 0 {
+		// Every inverse ran: the application is released.
+		r.FreezeEnd = &now
+	}
 	if r.Kind == KindRestore {
 		if r.CancelledBy != "" {
 			r.Status = StatusCancelled

@@ -292,3 +292,110 @@ func TestUnknownApplicationIsRejectedWithTheReason(t *testing.T) {
 		t.Errorf("reason %q: want the application named and 'not found'", p.Reason)
 	}
 }
+
+func TestDeadLetteredCommandCompensates(t *testing.T) {
+	sys := newSystem(t)
+	sys.startAll()
+	app := newFileApp(t, sys, "shop/poison", "30s", `      - name: wait
+        kind: exec
+        exec:
+          command: [sleep, "3"]
+        timeout: 20s
+        noInverse: only waits
+`)
+	run := sys.backup(app.name)
+	sys.env.WaitFor(t, 10*time.Second, "the lock", func(e events.Event) bool {
+		p, ok := events.As[events.HookSucceeded](e)
+		return ok && p.RunID == run && p.Step == "lock"
+	})
+	// What the bus publishes when a consumer gives up on a command after
+	// MaxDeliver deliveries (pkg/bus tests that part): the dead letter names
+	// the command it set aside by its id.
+	dl := events.New("tidemark/hookrunner", string(run), events.DeadLettered{
+		Reason: "failed on all 5 deliveries; last error: results bucket unavailable", Stream: "TIDEMARK_CMD_HOOKRUNNER",
+		Consumer: "hookrunner", Subject: "tidemark.cmd.hook.requested.v1", Sequence: 7, Deliveries: 5,
+	}, time.Now())
+	dl.CorrelationID = string(run)
+	dl.CausationID = string(run) + "/step/wait/1"
+	sys.env.Publish(t, dl)
+	end := sys.outcome(run, 30*time.Second)
+	f, ok := events.As[events.BackupFailed](end)
+	if !ok || !strings.Contains(f.Reason, "set aside after 5 deliveries") || f.FailedStep != "wait" {
+		t.Fatalf("run ended with %s %+v, want a failure naming the dead-lettered step", end.Type(), end.Data)
+	}
+	if app.locked() {
+		t.Error("still quiesced after a dead-lettered step")
+	}
+}
+
+func TestInverseThatKeepsFailingIsLoudAndRetriedUntilItWorks(t *testing.T) {
+	sys := newSystem(t)
+	sys.startAll()
+	// The unlock fails until the "operator" fixes things by creating the
+	// fix file; the backup fails at a check after the lock.
+	dir := t.TempDir()
+	lockFile, fix := filepath.Join(dir, "app.lock"), filepath.Join(dir, "fixed")
+	bp := sys.writeFile("stubborn.blueprint.yaml", fmt.Sprintf(`apiVersion: tidemark.io/v1alpha1
+kind: Blueprint
+metadata: {name: stubborn}
+spec:
+  actions:
+    backup:
+      - name: lock
+        kind: exec
+        exec: {command: [touch, %[1]s]}
+        inverse:
+          name: unlock
+          kind: exec
+          exec: {command: [sh, -c, 'test -e %[2]s && rm -f %[1]s']}
+          retry: {attempts: 2, backoff: 100ms}
+      - name: check
+        kind: exec
+        exec: {command: ["false"]}
+        noInverse: only reads
+      - name: snapshot
+        kind: snapshot
+    restore:
+      - name: snapshot
+        kind: snapshot
+`, lockFile, fix))
+	sys.app("shop/stubborn", bp, map[string]string{"data": sys.volume("stubborn")}, "")
+	run := sys.backup("shop/stubborn")
+	loud := sys.env.WaitFor(t, 60*time.Second, "run.compensation_failed", func(e events.Event) bool {
+		p, ok := events.As[events.RunCompensationFailed](e)
+		return ok && p.RunID == run
+	})
+	lp := loud.Data.(events.RunCompensationFailed)
+	if lp.Step != "unlock" || lp.Attempts < 3 || lp.NextRetryAt.IsZero() {
+		t.Errorf("compensation_failed %+v: want the unlock, its attempts and the next try", lp)
+	}
+	end := sys.outcome(run, 30*time.Second)
+	f, ok := events.As[events.BackupFailed](end)
+	if !ok || f.FailedStep != "check" {
+		t.Fatalf("run ended with %s %+v", end.Type(), end.Data)
+	}
+	if c, ok := compensationIn(f.Compensations, "unlock"); !ok || c.Outcome != "failed" {
+		t.Errorf("compensations %+v: want unlock failed", f.Compensations)
+	}
+	if _, err := os.Stat(lockFile); err != nil {
+		t.Fatal("the lock file should still be there while the unlock fails")
+	}
+	// The operator fixes it; the background retry finishes the unlock.
+	if err := os.WriteFile(fix, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(lockFile); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the background retry never unlocked; history:\n%s", history(sys.runState(run)))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	r := sys.waitStatus(run, 10*time.Second)
+	if len(r.Unresolved) != 0 || !strings.Contains(history(r), "finally succeeded") {
+		t.Errorf("unresolved %v; history:\n%s", r.Unresolved, history(r))
+	}
+}
