@@ -25,8 +25,11 @@ type RestoreRequested struct {
 	RestorePointID RestorePointID `json:"restorePointId"`
 	Target         RestoreTarget  `json:"target"`
 	// Only limits the restore to these volumes or artifacts.
-	Only        []string `json:"only,omitempty"`
-	RequestedBy string   `json:"requestedBy,omitempty"`
+	Only []string `json:"only,omitempty"`
+	// Params override the blueprint's parameters for the restore's steps,
+	// such as the database a logical dump is loaded into.
+	Params      map[string]string `json:"params,omitempty"`
+	RequestedBy string            `json:"requestedBy,omitempty"`
 }
 
 // EventType implements Payload.

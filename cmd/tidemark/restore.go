@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -19,17 +18,22 @@ func newRestoreCommand() *cobra.Command {
 		to      string
 		target  string
 		only    []string
+		params  map[string]string
 		wait    bool
 		timeout time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "restore POINT_ID --to new --target DIR [--only NAME,...] [--wait]",
+		Use:   "restore POINT_ID --to new [--target DIR] [--param k=v] [--only NAME,...] [--wait]",
 		Short: "Restore a restore point",
 		Long: `Restore a restore point. On the local platform a restore to new writes each
 volume of the point into DIR/<volume> (DIR must be absent or empty), then runs
 the restore steps of the blueprint the backup used, with what the backup
 recorded (a backup label, positions). Each restored volume is checked against
 what the backup stored (file count and bytes); a mismatch fails the restore.
+
+A logical dump is loaded where the blueprint's restore steps say, by its
+parameters: --param database=shop_copy loads a PostgreSQL dump into another
+database (which must exist). A point with only dumps needs no --target.
 
 --only restores just the named volumes and dumps. Bad requests (an unknown
 point, a non-empty target, an unknown name) are refused before anything is
@@ -38,19 +42,19 @@ written.
 With --wait, follow the restore to its end with progress, and exit 1 if it
 fails.`,
 		Example: `  tidemark restore 01JD3Z6X8K2M4N6P8Q0R2S4T6V --to new --target /srv/restore/shop --wait
-  tidemark restore 01JD3Z6X8K2M4N6P8Q0R2S4T6V --to new --target /srv/restore/logs --only logs`,
+  tidemark restore 01JD3Z6X8K2M4N6P8Q0R2S4T6V --to new --target /srv/restore/logs --only logs
+  tidemark restore 01JD3Z6X8K2M4N6P8Q0R2S4T6V --to new --param database=shop_copy --wait`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch to {
 			case "new":
-				if target == "" {
-					return usageError{errors.New("--target is required with --to new: the directory to restore into")}
+				if target != "" {
+					abs, err := filepath.Abs(target)
+					if err != nil {
+						return err
+					}
+					target = abs
 				}
-				abs, err := filepath.Abs(target)
-				if err != nil {
-					return err
-				}
-				target = abs
 			case "production":
 			default:
 				return usageError{fmt.Errorf("--to %q: want new or production", to)}
@@ -72,7 +76,7 @@ fails.`,
 			if err != nil {
 				return err
 			}
-			req := events.RestoreRequested{RestorePointID: events.RestorePointID(args[0]), Target: events.RestoreTarget{Mode: to, Name: target}, Only: only, RequestedBy: requester()}
+			req := events.RestoreRequested{RestorePointID: events.RestorePointID(args[0]), Target: events.RestoreTarget{Mode: to, Name: target}, Only: only, Params: params, RequestedBy: requester()}
 			ev := events.New("/tidemark/cli", args[0], req, time.Now())
 			if _, err := c.bus.Publish(ctx, ev); err != nil {
 				return err
@@ -85,6 +89,7 @@ fails.`,
 	f.StringVar(&to, "to", "new", "new (beside the original) or production (in place)")
 	f.StringVar(&target, "target", "", "where a restore to new goes: a directory on the local platform")
 	f.StringSliceVar(&only, "only", nil, "restore only these volumes or dumps (comma-separated)")
+	f.StringToStringVar(&params, "param", nil, "override a blueprint parameter for the restore steps, such as --param database=shop_copy (repeatable)")
 	f.BoolVar(&wait, "wait", false, "follow the restore to its end; exit 1 if it fails")
 	f.DurationVar(&timeout, "timeout", 0, "give up waiting after this long (the restore goes on)")
 	return cmd

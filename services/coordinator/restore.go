@@ -139,8 +139,34 @@ func (s *Service) planRestore(ctx context.Context, r *Run, req events.RestoreReq
 			return bp, fmt.Sprintf("--only %s: restore point %s has no volume or dump of that name (it has: %s)", o, point.ID, strings.Join(names, ", ")), nil
 		}
 	}
+	if len(req.Params) > 0 {
+		// The request's parameters win over the application's.
+		merged := map[string]string{}
+		for k, v := range r.App.Params {
+			merged[k] = v
+		}
+		for k, v := range req.Params {
+			merged[k] = v
+		}
+		params, err := bp.ParamValues(merged)
+		if err != nil {
+			return bp, fmt.Sprintf("--param: %v", err), nil
+		}
+		r.App.Params = params
+	}
+	hasVolumes := false
+	for _, a := range point.Artifacts {
+		if a.Kind == "volume" && (len(req.Only) == 0 || slices.Contains(req.Only, a.Name)) {
+			hasVolumes = true
+		}
+	}
 	switch req.Target.Mode {
 	case "new":
+		if !hasVolumes && req.Target.Name == "" {
+			// Only dumps: the blueprint's restore steps say where they go
+			// (its parameters, such as the database).
+			break
+		}
 		if !filepath.IsAbs(req.Target.Name) {
 			return bp, fmt.Sprintf("target %q: a restore to new on the local platform needs an absolute directory to restore into", req.Target.Name), nil
 		}
