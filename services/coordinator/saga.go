@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -225,6 +226,12 @@ func (s *saga) advance() {
 				r.log(s.now, "step %s skipped (its when: condition is false)", st.Name)
 				r.Cursor++
 				continue
+			}
+			if r.Kind == KindRestore && r.Restore.Target.Mode == "new" {
+				if p := touchesSource(rs, r.App.Volumes); p != "" {
+					s.fail(fmt.Sprintf("step %s would act on the original application's volume %s during a restore to new; nothing was run (point the blueprint's parameters at the restored copy under %s, e.g. with --param)", st.Name, p, r.Restore.Target.Name), st.Name)
+					return
+				}
 			}
 			if r.Kind == KindRestore && st.Kind == blueprint.KindDump {
 				ready, skip := s.dumpSource(st, &rs)
@@ -741,4 +748,31 @@ func (s *saga) completeRestore() {
 		RunID: r.ID, RestorePointID: r.RestorePointID, Application: r.Application, Target: r.Restore.Target,
 		StartedAt: r.CreatedAt, FinishedAt: s.now.UTC(), BytesRestored: r.Restore.BytesRestored,
 	})
+}
+
+// touchesSource returns the original volume path a rendered restore step
+// names, if any: a restore to new must never change the original.
+func touchesSource(rs blueprint.RenderedStep, volumes map[string]string) string {
+	spec := string(rs.Spec)
+	for _, p := range volumes {
+		quoted, _ := json.Marshal(p)
+		inner := strings.Trim(string(quoted), `"`)
+		if p == "" || p == "/" {
+			continue
+		}
+		// The path itself or below it, not a longer name that starts the
+		// same (/srv/db vs /srv/db-restore).
+		for i := strings.Index(spec, inner); i >= 0; {
+			rest := spec[i+len(inner):]
+			if rest == "" || strings.ContainsAny(rest[:1], `/"' :;`) || strings.HasPrefix(rest, `\n`) {
+				return p
+			}
+			next := strings.Index(rest, inner)
+			if next < 0 {
+				break
+			}
+			i += len(inner) + next
+		}
+	}
+	return ""
 }
