@@ -166,6 +166,17 @@ func (c *cluster) kill(name string) {
 	}
 }
 
+// terminate stops a process with SIGTERM and waits for it.
+func (c *cluster) terminate(name string) {
+	p := c.proc(name)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		c.t.Fatalf("%s did not stop on SIGTERM", name)
+	}
+}
+
 func (c *cluster) signal(name string, sig syscall.Signal) {
 	_ = c.proc(name).cmd.Process.Signal(sig)
 }
@@ -435,7 +446,7 @@ const (
 	faultTimesOut    fault = "step times out"
 	faultKillHooks   fault = "hookrunner SIGKILL"
 	faultKillCoord   fault = "coordinator SIGKILL+restart"
-	faultRestartNATS fault = "NATS restart"
+	faultRestartNATS fault = "NATS restart (SIGTERM)"
 )
 
 type position string
@@ -661,7 +672,7 @@ func runCell(t *testing.T, c *cluster, d *database, i int, cl cell) (res cellRes
 		problem("application not released within maxFreeze+5s: %v", err)
 	}
 
-	end, ok := c.waitFor(90*time.Second, ofRun(func(e events.Event) bool {
+	end, ok := c.waitFor(3*time.Minute, ofRun(func(e events.Event) bool {
 		switch e.Data.(type) {
 		case events.RestorePointRecorded, events.BackupFailed, events.BackupCancelled:
 			return true
@@ -669,7 +680,7 @@ func runCell(t *testing.T, c *cluster, d *database, i int, cl cell) (res cellRes
 		return false
 	}))
 	if !ok {
-		problem("the run did not end within 90s")
+		problem("the run did not end within 3 minutes")
 		return
 	}
 	switch p := end.Data.(type) {
@@ -732,7 +743,11 @@ func inject(c *cluster, cl cell, run events.RunID) {
 		c.kill("coordinator")
 		c.start("coordinator")
 	case faultRestartNATS:
-		c.kill("nats")
+		// A restart, as in an upgrade: SIGTERM lets the server flush. (A
+		// SIGKILLed single server can lose writes it had acknowledged, since
+		// nats-server acknowledges before it syncs to disk; replicated
+		// streams are the answer to that, not the services.)
+		c.terminate("nats")
 		time.Sleep(500 * time.Millisecond)
 		c.start("nats")
 	case faultTimesOut:

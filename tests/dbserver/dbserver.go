@@ -117,6 +117,7 @@ func (s *Server) Kill() {
 	}
 	killGroup(p.cmd, syscall.SIGKILL)
 	<-p.done
+	waitGroupGone(p.cmd.Process.Pid, 10*time.Second)
 }
 
 // Restart stops the server (gracefully if it is still running) and starts it

@@ -126,3 +126,16 @@ func lookupUser(name string) (*osUser, error) {
 	}
 	return &osUser{name: name, uid: uid, gid: gid}, nil
 }
+
+// waitGroupGone waits until no process of the group led by pid is left:
+// after a SIGKILL, PostgreSQL's children outlive the postmaster for a moment,
+// holding its shared memory, and a restart in that moment fails.
+func waitGroupGone(pid int, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if err := syscall.Kill(-pid, 0); err == syscall.ESRCH {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

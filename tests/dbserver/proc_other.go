@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os/exec"
 	"syscall"
+	"time"
 )
 
 var platformErr = errors.New("dbserver starts database servers on Linux only")
@@ -21,3 +22,5 @@ func killGroup(cmd *exec.Cmd, _ syscall.Signal) {
 func lockFile(string) (func(), error) { return nil, platformErr }
 
 func postgresCredential() (*osUser, error) { return nil, platformErr }
+
+func waitGroupGone(int, time.Duration) {}
