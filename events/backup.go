@@ -53,6 +53,12 @@ type BackupCompleted struct {
 	// BytesRead and BytesUploaded show deduplication at work.
 	BytesRead     int64 `json:"bytesRead"`
 	BytesUploaded int64 `json:"bytesUploaded"`
+	// Artifacts, StepOutputs and Consistency are the restore point itself,
+	// so recording it depends on this event alone.
+	Artifacts   []Artifact                   `json:"artifacts,omitempty"`
+	StepOutputs map[string]map[string]string `json:"stepOutputs,omitempty"`
+	// Consistency is "application" (quiesced), "crash" or "logical".
+	Consistency string `json:"consistency,omitempty"`
 }
 
 // EventType implements Payload.

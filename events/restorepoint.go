@@ -14,6 +14,8 @@ type Artifact struct {
 	Kind       string     `json:"kind"`
 	ManifestID ManifestID `json:"manifestId"`
 	Bytes      int64      `json:"bytes"`
+	// Files is how many files a volume held.
+	Files int64 `json:"files,omitempty"`
 }
 
 // RestorePointRecorded reports a restore point in the catalog.

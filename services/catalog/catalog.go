@@ -240,7 +240,28 @@ func (s *Service) complete(ctx context.Context, ev events.Event, done events.Bac
 	if err != nil {
 		return nil, err
 	}
-	if len(run.Artifacts) == 0 {
+	artifacts, outputs, consistency := run.sortedArtifacts(), run.StepOutputs, run.consistency()
+	if len(done.Artifacts) > 0 {
+		// The completion carries the point itself: what was gathered from
+		// earlier facts is only a fallback (a coordinator of an earlier
+		// version), so a lost fact cannot lose a point.
+		artifacts = artifacts[:0]
+		for _, a := range done.Artifacts {
+			artifacts = append(artifacts, Artifact{Name: a.Name, Kind: a.Kind, ManifestID: a.ManifestID, Bytes: a.Bytes, Files: a.Files})
+		}
+		merged := map[string]map[string]string{}
+		for step, out := range run.StepOutputs {
+			merged[step] = out
+		}
+		for step, out := range done.StepOutputs {
+			merged[step] = out
+		}
+		outputs = merged
+		if done.Consistency != "" {
+			consistency = done.Consistency
+		}
+	}
+	if len(artifacts) == 0 {
 		// Nothing a restore could use: recording it would promise a
 		// restore that cannot happen.
 		return nil, bus.Permanentf("catalog: run %s completed with no exported artifacts; no restore point recorded", done.RunID)
@@ -250,9 +271,9 @@ func (s *Service) complete(ctx context.Context, ev events.Event, done events.Bac
 		RunID:       done.RunID,
 		Application: done.Application,
 		CreatedAt:   done.FinishedAt,
-		Artifacts:   run.sortedArtifacts(),
-		StepOutputs: run.StepOutputs,
-		Consistency: run.consistency(),
+		Artifacts:   artifacts,
+		StepOutputs: outputs,
+		Consistency: consistency,
 		Status:      StatusAvailable,
 	}
 	// Noted before the point is, so a crash in between leaves a note to
@@ -353,7 +374,7 @@ func (r *pendingRun) consistency() string {
 func (p RestorePoint) recordedEvent() events.RestorePointRecorded {
 	arts := make([]events.Artifact, 0, len(p.Artifacts))
 	for _, a := range p.Artifacts {
-		arts = append(arts, events.Artifact{Name: a.Name, Kind: a.Kind, ManifestID: a.ManifestID, Bytes: a.Bytes})
+		arts = append(arts, events.Artifact{Name: a.Name, Kind: a.Kind, ManifestID: a.ManifestID, Bytes: a.Bytes, Files: a.Files})
 	}
 	return events.RestorePointRecorded{
 		RestorePointID: p.ID, RunID: p.RunID, Application: p.Application,

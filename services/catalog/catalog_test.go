@@ -256,3 +256,30 @@ func TestACatalogOnTheWrongRepositorySaysSo(t *testing.T) {
 		t.Errorf("the error does not say what is wrong and how to fix it:\n%s", out)
 	}
 }
+
+// A completion that carries its artifacts is recorded even when the facts
+// the catalog would have gathered never reached it (a lost write, a
+// restart of a single NATS server).
+func TestCompletionCarryingItsArtifactsNeedsNoGatheredFacts(t *testing.T) {
+	h := newHarness(t, Config{})
+	done := events.BackupCompleted{
+		RunID: "run-self", Application: "shop/pg", RestorePointID: "rp-self",
+		StartedAt: time.Unix(100, 0).UTC(), FinishedAt: time.Unix(200, 0).UTC(),
+		Artifacts:   []events.Artifact{{Name: "data", Kind: "volume", ManifestID: "k1", Bytes: 42, Files: 3}},
+		StepOutputs: map[string]map[string]string{"lock": {"gtid_current_pos": "0-1-7"}},
+		Consistency: "application",
+	}
+	h.env.Publish(t, events.New("tidemark/test", "shop/pg", done, time.Now()))
+	rec := h.env.WaitFor(t, 30*time.Second, "restorepoint.recorded", func(e events.Event) bool {
+		p, ok := events.As[events.RestorePointRecorded](e)
+		return ok && p.RestorePointID == "rp-self"
+	})
+	p := rec.Data.(events.RestorePointRecorded)
+	if p.Consistency != "application" || len(p.Artifacts) != 1 || p.Artifacts[0].Files != 3 {
+		t.Fatalf("recorded %+v", p)
+	}
+	got, err := h.store.Get(context.Background(), "rp-self")
+	if err != nil || got.StepOutputs["lock"]["gtid_current_pos"] != "0-1-7" {
+		t.Fatalf("point %+v, %v: want the step outputs from the completion", got, err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 
 	"github.com/tidemark-dev/tidemark/events"
 	"github.com/tidemark-dev/tidemark/pkg/blueprint"
@@ -278,7 +279,11 @@ func (s *saga) onVolumeExported(ev events.Event, p events.VolumeExported) {
 		return
 	}
 	s.done(t, TaskSucceeded, "")
-	t.Outputs = map[string]string{"manifestId": string(p.ManifestID)}
+	kind := "volume"
+	if p.SourceKind == "dump" {
+		kind = "dump"
+	}
+	t.Outputs = map[string]string{"manifestId": string(p.ManifestID), "kind": kind, "bytes": strconv.FormatInt(p.Bytes, 10), "files": strconv.FormatInt(p.Files, 10), "volume": p.Volume}
 	r.BytesRead += p.Bytes
 	r.BytesUploaded += p.BytesUploaded
 	r.log(s.now, "exported %s: %d files, %d bytes, %d new", p.Volume, p.Files, p.Bytes, p.BytesUploaded)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -364,6 +365,7 @@ func (s *saga) startRecord() {
 		RunID: r.ID, Application: r.Application, RestorePointID: r.RestorePointID,
 		StartedAt: started, FinishedAt: s.now.UTC(), FreezeWindow: events.Duration(r.FreezeWindow()),
 		BytesRead: r.BytesRead, BytesUploaded: r.BytesUploaded,
+		Artifacts: r.artifacts(), StepOutputs: r.stepOutputs(), Consistency: r.consistency(),
 	}
 	// The catalog records the point from this fact; the run is complete
 	// when it says so (restorepoint.recorded).
@@ -775,4 +777,47 @@ func touchesSource(rs blueprint.RenderedStep, volumes map[string]string) string 
 		}
 	}
 	return ""
+}
+
+// artifacts lists what the exports stored, by name.
+func (r *Run) artifacts() []events.Artifact {
+	var out []events.Artifact
+	for _, t := range r.Tasks {
+		if t.Role != RoleExport || t.State != TaskSucceeded {
+			continue
+		}
+		bytes, _ := strconv.ParseInt(t.Outputs["bytes"], 10, 64)
+		files, _ := strconv.ParseInt(t.Outputs["files"], 10, 64)
+		out = append(out, events.Artifact{Name: t.Outputs["volume"], Kind: t.Outputs["kind"], ManifestID: events.ManifestID(t.Outputs["manifestId"]), Bytes: bytes, Files: files})
+	}
+	slices.SortFunc(out, func(a, b events.Artifact) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// stepOutputs are the outputs of the backup's steps (a held step's include
+// what its release returned, such as PostgreSQL's backup label).
+func (r *Run) stepOutputs() map[string]map[string]string {
+	out := map[string]map[string]string{}
+	for _, t := range r.Tasks {
+		if t.Role == RoleStep && t.State == TaskSucceeded && len(t.Outputs) > 0 {
+			out[t.Name] = t.Outputs
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// consistency is what the point guarantees: application when the
+// application was quiesced for the snapshot, logical when it holds only
+// dumps, crash otherwise.
+func (r *Run) consistency() string {
+	switch {
+	case r.FreezeStart != nil && len(r.Snapshots) > 0:
+		return "application"
+	case len(r.Snapshots) == 0 && len(r.Artifacts) > 0:
+		return "logical"
+	}
+	return "crash"
 }

@@ -308,6 +308,22 @@ func TestDeadLetteredCommandCompensates(t *testing.T) {
 		p, ok := events.As[events.HookSucceeded](e)
 		return ok && p.RunID == run && p.Step == "lock"
 	})
+	// The wait step's command must exist before it can be set aside.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		sent := false
+		for _, tk := range sys.runState(run).Tasks {
+			if tk.Key == "step/wait" && tk.State == coordinator.TaskSent {
+				sent = true
+			}
+		}
+		if sent {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the wait step was never sent")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	// What the bus publishes when a consumer gives up on a command after
 	// MaxDeliver deliveries (pkg/bus tests that part): the dead letter names
 	// the command it set aside by its id.
