@@ -9,7 +9,7 @@ FUZZTIME    ?= 100000x
 BENCHCOUNT  ?= 6
 BIN         := bin/tidemark
 
-.PHONY: help build test test-race fuzz lint bench clean
+.PHONY: help build test test-race test-kube fuzz lint bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -21,6 +21,12 @@ test: test-race fuzz ## every test with the race detector, then the fuzz targets
 
 test-race:
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# The apiserver and etcd are built from the Go module proxy once per machine
+# into the test cache (tests/README.md); a cold build takes ~10 minutes.
+test-kube: ## the Kubernetes platform against a real kube-apiserver (built once and cached; ~10 min cold)
+	$(GO) run ./tests/kube/cmd/kube-assets
+	$(GO) test -race -count=1 -timeout 10m -tags kubeapi ./pkg/platform/kube/...
 
 fuzz: ## run each fuzz target for FUZZTIME
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/cenats
@@ -35,6 +41,14 @@ lint: ## go vet and staticcheck (pinned)
 bench: ## bus vs raw nats.go benchmarks, summarised as medians and ratios
 	$(GO) test ./pkg/bus -run '^$$' -bench . -benchtime 10000x -count $(BENCHCOUNT) | tee bench.out
 	$(GO) run ./tools/benchratio -baseline raw-app < bench.out
+
+BENCHDIR    ?= $(or $(TMPDIR),/tmp)/tidemark-bench
+
+bench-datamover: ## data mover vs kopia CLI vs tar|zstd (needs zstd, ~3 GiB in BENCHDIR); docs/benchmarks.md
+	$(GO) run ./tools/benchmover -dir $(BENCHDIR) -rounds 3
+
+bench-datamover-sweep: ## repository parameters (hash, splitter, compression, parallelism) by measurement
+	$(GO) run ./tools/benchmover -dir $(BENCHDIR) -rounds 3 -sweep
 
 clean:
 	rm -rf bin bench.out
