@@ -152,3 +152,42 @@ func TestBlueprintShowCommand(t *testing.T) {
 		}
 	}
 }
+
+// The binary knows the Kubernetes step kinds, so a blueprint that scales a
+// StatefulSet down and back up lints clean, and a typo in one is named.
+func TestBlueprintLintKnowsKubernetesKinds(t *testing.T) {
+	good := `apiVersion: tidemark.io/v1alpha1
+kind: Blueprint
+metadata: {name: scaled}
+spec:
+  actions:
+    backup:
+      - name: stop
+        kind: scale
+        scale: {workload: 'statefulset/{{ .StatefulSet.Name }}', replicas: 0}
+        inverse:
+          name: start
+          kind: scale
+          scale: {workload: 'statefulset/{{ .StatefulSet.Name }}', replicas: 1}
+      - name: snapshot
+        kind: snapshot
+    restore:
+      - name: snapshot
+        kind: snapshot
+`
+	dir := t.TempDir()
+	path := filepath.Join(dir, "scaled.yaml")
+	if err := os.WriteFile(path, []byte(good), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runTidemark(t, context.Background(), "blueprint", "lint", path); err != nil {
+		t.Fatalf("lint of a scale blueprint: %v\n%s", err, out)
+	}
+	bad := strings.Replace(good, "workload: 'statefulset/{{ .StatefulSet.Name }}', replicas: 0", "workloads: x, replicas: 0", 1)
+	if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runTidemark(t, context.Background(), "blueprint", "lint", path); err == nil || !strings.Contains(out, `unknown field "workloads"`) {
+		t.Fatalf("lint of a misspelt scale step: %v\n%s", err, out)
+	}
+}

@@ -30,6 +30,8 @@ import (
 	_ "github.com/tidemark-dev/tidemark/services/datamover"
 	_ "github.com/tidemark-dev/tidemark/services/hookrunner" // registers the service
 	_ "github.com/tidemark-dev/tidemark/services/snapshotter"
+	// The Kubernetes step kinds (scale, apply), so blueprints using them lint.
+	_ "github.com/tidemark-dev/tidemark/pkg/platform/kube"
 )
 
 type natsOptions struct {
