@@ -16,7 +16,6 @@ import (
 	"github.com/kopia/kopia/fs/virtualfs"
 	"github.com/kopia/kopia/repo"
 	"github.com/kopia/kopia/snapshot"
-	"github.com/kopia/kopia/snapshot/policy"
 	"github.com/kopia/kopia/snapshot/upload"
 )
 
@@ -117,14 +116,45 @@ func (r *Repository) export(ctx context.Context, root fs.Directory, src snapshot
 		if err != nil {
 			return fmt.Errorf("finding the previous snapshot of %s: %w", src, err)
 		}
+		// The checkpoints of exports that died are superseded by this
+		// one. They are deleted now, while the manifests kopia loaded to
+		// find them are current (later, after this export's writes, it
+		// would load every manifest of the repository again); the
+		// deletions take effect only if this export succeeds.
+		for _, p := range previous {
+			if p.IncompleteReason != "" {
+				if err := w.DeleteManifest(ctx, p.ID); err != nil {
+					return fmt.Errorf("deleting checkpoint %s of %s: %w", p.ID, src, err)
+				}
+			}
+		}
+		uploadStarted := time.Now()
 		u := upload.NewUploader(w)
-		u.Progress = &uploadProgress{c: &c, enabled: progress != nil}
+		// The totals of a progress bar: the previous complete snapshot's,
+		// when there is one (a volume changes little between two runs,
+		// and the last report has the exact figures), which spares kopia's
+		// estimate, a second walk of the whole tree; else that estimate.
+		estimate := progress != nil
+		if estimate {
+			for _, p := range previous {
+				if s := p.RootEntry.DirSummary; p.IncompleteReason == "" && s != nil {
+					c.filesTotal.Store(s.TotalFileCount)
+					c.bytesTotal.Store(s.TotalFileSize)
+					estimate = false
+				}
+			}
+		}
+		u.Progress = &uploadProgress{c: &c, enabled: estimate}
+		// A checkpoint is an incomplete snapshot of what is uploaded so
+		// far: an export that dies is resumed from it by the next one.
+		u.CheckpointInterval = r.cfg.CheckpointInterval
+		u.CheckpointLabels = tags
 		// A backup missing a file is not a backup: stop at the first error.
 		u.FailFast = true
 		cancel := context.AfterFunc(ctx, u.Cancel)
 		defer cancel()
 
-		man, err := u.Upload(ctx, root, exportPolicy(), src, previous...)
+		man, err := u.Upload(ctx, root, r.cfg.Tuning.exportPolicy(), src, previous...)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -137,19 +167,38 @@ func (r *Repository) export(ctx context.Context, root fs.Directory, src snapshot
 		if s := man.RootEntry.DirSummary; s != nil && s.FatalErrorCount > 0 {
 			return fmt.Errorf("uploading %s: %d entries failed", src, s.FatalErrorCount)
 		}
-		// Flush the contents now, so what they cost is known apart from
-		// the manifest written below.
-		if err := w.Flush(ctx); err != nil {
+		// Write the contents' packs now, so what they cost is known apart
+		// from the manifest saved below; their index goes into the one
+		// index blob the session writes at its end (every index blob is
+		// listed again by each later session until kopia compacts them).
+		if dw, ok := w.(repo.DirectRepositoryWriter); ok {
+			dw.ContentManager().DisableIndexFlush(ctx)
+			err = w.Flush(ctx)
+			dw.ContentManager().EnableIndexFlush(ctx)
+		} else {
+			err = w.Flush(ctx)
+		}
+		if err != nil {
 			return fmt.Errorf("flushing %s: %w", src, err)
 		}
 		res.BytesUploaded = uploaded.Load()
 
 		man.Tags = tags
+		// Tidemark's catalog decides when a snapshot goes. The pin keeps
+		// kopia's own retention (which a checkpoint applies, as does
+		// `kopia snapshot expire`) from deleting it.
+		man.Pins = []string{Pin}
 		id, err := snapshot.SaveSnapshot(ctx, w, man)
 		if err != nil {
 			return fmt.Errorf("saving the snapshot of %s: %w", src, err)
 		}
 		res.ManifestID = string(id)
+		if time.Since(uploadStarted) >= r.cfg.CheckpointInterval {
+			// This export may have checkpointed itself.
+			if err := dropCheckpoints(ctx, w, src, man.StartTime); err != nil {
+				return err
+			}
+		}
 		if s := man.RootEntry.DirSummary; s != nil {
 			res.Files, res.Dirs, res.Bytes = s.TotalFileCount, s.TotalDirCount, s.TotalFileSize
 		}
@@ -166,26 +215,31 @@ func (r *Repository) export(ctx context.Context, root fs.Directory, src snapshot
 		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 			return ExportResult{}, ctx.Err()
 		}
-		return ExportResult{}, translate(err)
+		return ExportResult{}, r.explain(err)
 	}
 	res.FinishedAt = time.Now()
 	return res, nil
 }
 
-// exportPolicy is the policy of every export: everything in the volume is
-// kept (no .kopiaignore, cache directories included), file data is
-// compressed with zstd, and unknown entry types (sockets, fifos) are
-// skipped as kopia cannot store them.
-func exportPolicy() *policy.Tree {
-	p := *policy.DefaultPolicy
-	p.FilesPolicy = policy.FilesPolicy{IgnoreCacheDirectories: policy.NewOptionalBool(false)}
-	p.CompressionPolicy = policy.CompressionPolicy{CompressorName: "zstd-fastest"}
-	p.ErrorHandlingPolicy = policy.ErrorHandlingPolicy{
-		IgnoreFileErrors:      policy.NewOptionalBool(false),
-		IgnoreDirectoryErrors: policy.NewOptionalBool(false),
-		IgnoreUnknownTypes:    policy.NewOptionalBool(true),
+// Pin is the kopia pin on every snapshot Tidemark writes.
+const Pin = "tidemark"
+
+// dropCheckpoints deletes the incomplete snapshots (checkpoints of exports
+// that died) of src that began before the complete one that began at
+// started: it supersedes them.
+func dropCheckpoints(ctx context.Context, w repo.RepositoryWriter, src snapshot.SourceInfo, started fs.UTCTimestamp) error {
+	mans, err := snapshot.ListSnapshots(ctx, w, src)
+	if err != nil {
+		return fmt.Errorf("listing the snapshots of %s: %w", src, err)
 	}
-	return policy.BuildTree(nil, &p)
+	for _, m := range mans {
+		if m.IncompleteReason != "" && !m.StartTime.After(started) {
+			if err := w.DeleteManifest(ctx, m.ID); err != nil {
+				return fmt.Errorf("deleting checkpoint %s of %s: %w", m.ID, src, err)
+			}
+		}
+	}
+	return nil
 }
 
 // SourceHost is the kopia host of an application's snapshots: its name

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"syscall"
 	"time"
 
 	"github.com/kopia/kopia/fs"
@@ -73,7 +74,10 @@ func (r *Repository) ImportDir(ctx context.Context, manifestID, targetDir string
 		return ImportResult{}, ctx.Err()
 	}
 	if err != nil {
-		return ImportResult{}, fmt.Errorf("restoring %s to %s: %w", manifestID, targetDir, err)
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			return ImportResult{}, fmt.Errorf("restoring %s: %w: no space left in the restore target %s: free space there or restore elsewhere (%v)", manifestID, ErrNoSpace, targetDir, err)
+		}
+		return ImportResult{}, fmt.Errorf("restoring %s to %s: %w", manifestID, targetDir, r.explain(err))
 	}
 	c.bytesDone.Store(st.RestoredTotalFileSize)
 	c.filesDone.Store(int64(st.RestoredFileCount))
@@ -135,10 +139,18 @@ func (r *Repository) load(ctx context.Context, manifestID string) (*snapshot.Man
 	}
 	man, err := snapshot.LoadSnapshot(ctx, r.rep, manifest.ID(manifestID))
 	if errors.Is(err, snapshot.ErrSnapshotNotFound) {
+		// Another client (a mover in another process) may have written it
+		// since this one last looked.
+		if err := r.rep.Refresh(ctx); err != nil {
+			return nil, nil, fmt.Errorf("refreshing the repository: %w", r.explain(err))
+		}
+		man, err = snapshot.LoadSnapshot(ctx, r.rep, manifest.ID(manifestID))
+	}
+	if errors.Is(err, snapshot.ErrSnapshotNotFound) {
 		return nil, nil, fmt.Errorf("%w: %s", ErrNotFound, manifestID)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("loading snapshot %s: %w", manifestID, err)
+		return nil, nil, fmt.Errorf("loading snapshot %s: %w", manifestID, r.explain(err))
 	}
 	root, err := snapshotfs.SnapshotRoot(r.rep, man)
 	if err != nil {

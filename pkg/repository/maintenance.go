@@ -83,7 +83,7 @@ func (r *Repository) Maintain(ctx context.Context, mode MaintenanceMode) (Mainte
 			ErrMaintenanceNotOwned, notOwned.Owner, Owner, Owner)
 	}
 	if err != nil {
-		return res, fmt.Errorf("%s maintenance of %s: %w", mode, r.cfg.Path, translate(err))
+		return res, fmt.Errorf("%s maintenance of %s: %w", mode, r.cfg.Location(), r.explain(err))
 	}
 	return res, nil
 }
@@ -113,7 +113,7 @@ func (r *Repository) MaintenanceRuns(ctx context.Context) (map[string]int, error
 func (r *Repository) ensureMaintenanceOwner(ctx context.Context) error {
 	has, err := maintenance.HasParams(ctx, r.rep)
 	if err != nil {
-		return fmt.Errorf("reading the maintenance parameters of %s: %w", r.cfg.Path, err)
+		return fmt.Errorf("reading the maintenance parameters of %s: %w", r.cfg.Location(), err)
 	}
 	if has {
 		return nil
@@ -124,7 +124,7 @@ func (r *Repository) ensureMaintenanceOwner(ctx context.Context) error {
 		return maintenance.SetParams(ctx, w, &p)
 	})
 	if err != nil {
-		return fmt.Errorf("setting the maintenance owner of %s: %w", r.cfg.Path, err)
+		return fmt.Errorf("setting the maintenance owner of %s: %w", r.cfg.Location(), err)
 	}
 	return nil
 }

@@ -68,7 +68,7 @@ func (r *Repository) PutRecord(ctx context.Context, kind, id string, labels map[
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("writing %s record %s to the repository: %w", kind, id, translate(err))
+		return fmt.Errorf("writing %s record %s to the repository: %w", kind, id, r.explain(err))
 	}
 	return nil
 }
@@ -92,7 +92,7 @@ func (r *Repository) DeleteRecord(ctx context.Context, kind, id string) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("deleting %s record %s from the repository: %w", kind, id, translate(err))
+		return fmt.Errorf("deleting %s record %s from the repository: %w", kind, id, r.explain(err))
 	}
 	return nil
 }
@@ -177,7 +177,61 @@ func (r *Repository) DeleteSnapshot(ctx context.Context, manifestID string) erro
 		if IsPermanent(err) {
 			return err
 		}
-		return fmt.Errorf("deleting snapshot %s: %w", manifestID, translate(err))
+		return fmt.Errorf("deleting snapshot %s: %w", manifestID, r.explain(err))
 	}
 	return nil
+}
+
+// Snapshot describes a snapshot Tidemark wrote.
+type Snapshot struct {
+	ManifestID string
+	App        string
+	Volume     string // for a volume export
+	Artifact   string // for a stream export
+	RunID      string
+	// Incomplete is why the snapshot is not complete ("checkpoint": the
+	// progress of an export that has not finished, or died), or "".
+	Incomplete string
+	StartTime  time.Time
+	EndTime    time.Time
+	Files      int64
+	Bytes      int64
+}
+
+// Snapshots returns the snapshots of app (every application when app is
+// ""), oldest first, incomplete ones included.
+func (r *Repository) Snapshots(ctx context.Context, app string) ([]Snapshot, error) {
+	if err := r.rep.Refresh(ctx); err != nil {
+		return nil, fmt.Errorf("refreshing the repository: %w", r.explain(err))
+	}
+	sources, err := snapshot.ListSources(ctx, r.rep)
+	if err != nil {
+		return nil, fmt.Errorf("listing snapshot sources: %w", r.explain(err))
+	}
+	var out []Snapshot
+	for _, src := range sources {
+		if src.UserName != Username || (app != "" && src.Host != SourceHost(app)) {
+			continue
+		}
+		mans, err := snapshot.ListSnapshots(ctx, r.rep, src)
+		if err != nil {
+			return nil, fmt.Errorf("listing the snapshots of %s: %w", src, r.explain(err))
+		}
+		for _, m := range mans {
+			if app != "" && m.Tags["tag:"+TagApp] != app {
+				continue
+			}
+			s := Snapshot{
+				ManifestID: string(m.ID), App: m.Tags["tag:"+TagApp], Volume: m.Tags["tag:"+TagVolume],
+				Artifact: m.Tags["tag:"+TagArtifact], RunID: m.Tags["tag:"+TagRun], Incomplete: m.IncompleteReason,
+				StartTime: m.StartTime.ToTime(), EndTime: m.EndTime.ToTime(),
+			}
+			if d := m.RootEntry; d != nil && d.DirSummary != nil {
+				s.Files, s.Bytes = d.DirSummary.TotalFileCount, d.DirSummary.TotalFileSize
+			}
+			out = append(out, s)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].StartTime.Before(out[j].StartTime) })
+	return out, nil
 }

@@ -61,6 +61,12 @@ func randomBytes(seed uint64, n int) []byte {
 // symlinks and entries with odd modes and times under dir.
 func makeTree(t *testing.T, dir string) (totalBytes int64) {
 	t.Helper()
+	return makeTreeSized(t, dir, 2000, 32<<20)
+}
+
+// makeTreeSized is makeTree with small files and a big file of bigSize.
+func makeTreeSized(t *testing.T, dir string, small, bigSize int) (totalBytes int64) {
+	t.Helper()
 	write := func(rel string, data []byte, mode fs.FileMode) {
 		p := filepath.Join(dir, rel)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -74,10 +80,10 @@ func makeTree(t *testing.T, dir string) (totalBytes int64) {
 		}
 		totalBytes += int64(len(data))
 	}
-	for i := range 2000 {
+	for i := range small {
 		write(fmt.Sprintf("small/d%02d/f%04d.dat", i%40, i), randomBytes(uint64(i), 8*(i%512)+1), 0o644)
 	}
-	write("big/32MiB.bin", randomBytes(99999, 32<<20), 0o640)
+	write("big/big.bin", randomBytes(99999, bigSize), 0o640)
 	write("modes/readonly", []byte("read only\n"), 0o444)
 	write("modes/exec.sh", []byte("#!/bin/sh\necho hi\n"), 0o755)
 	write("modes/private", []byte("secret\n"), 0o600)

@@ -74,8 +74,16 @@ type Config struct {
 	Resolver   Resolver
 	// Concurrency is how many volumes this process moves at once.
 	Concurrency int
-	Logger      *slog.Logger
+	// AckWait is how long a work item stays with a mover that stopped
+	// heartbeating it (it died) before another mover gets it
+	// (DefaultAckWait when zero). Every mover of a deployment must use the
+	// same value: the last one to start sets it on the shared consumer.
+	AckWait time.Duration
+	Logger  *slog.Logger
 }
+
+// DefaultAckWait is Config.AckWait's default.
+const DefaultAckWait = 30 * time.Second
 
 // Bus is what the data mover needs of the bus.
 type Bus interface {
@@ -108,19 +116,22 @@ func New(cfg Config, b Bus) (*Service, error) {
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 2
 	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = DefaultAckWait
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Service{cfg: cfg, bus: b}, nil
 }
 
-func consumer(name string, p events.Payload, concurrency int) bus.ConsumerSpec {
+func consumer(name string, p events.Payload, concurrency int, ackWait time.Duration) bus.ConsumerSpec {
 	d, _ := events.Lookup(p.EventType())
 	return bus.ConsumerSpec{
 		Name:           name,
 		Stream:         bus.StreamVolumeCommands,
 		FilterSubjects: []string{d.Subject()},
-		AckWait:        30 * time.Second,
+		AckWait:        ackWait,
 		MaxDeliver:     5,
 		Concurrency:    concurrency,
 		// Moves are long: take only what this process can start now, so
@@ -151,10 +162,10 @@ func (s *Service) Run(ctx context.Context) error {
 	s.dumps = dumps
 	errs := make(chan error, 2)
 	go func() {
-		errs <- s.bus.Consume(ctx, consumer("datamover-export", events.VolumeExportRequested{}, s.cfg.Concurrency), s.handleExport)
+		errs <- s.bus.Consume(ctx, consumer("datamover-export", events.VolumeExportRequested{}, s.cfg.Concurrency, s.cfg.AckWait), s.handleExport)
 	}()
 	go func() {
-		errs <- s.bus.Consume(ctx, consumer("datamover-import", events.VolumeImportRequested{}, s.cfg.Concurrency), s.handleImport)
+		errs <- s.bus.Consume(ctx, consumer("datamover-import", events.VolumeImportRequested{}, s.cfg.Concurrency, s.cfg.AckWait), s.handleImport)
 	}()
 	return errors.Join(<-errs, <-errs)
 }

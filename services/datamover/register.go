@@ -2,9 +2,13 @@ package datamover
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"path/filepath"
+	"sync"
+	"time"
 
 	"github.com/tidemark-dev/tidemark/events"
 	"github.com/tidemark-dev/tidemark/pkg/platform/local"
@@ -13,7 +17,8 @@ import (
 )
 
 // Environment variables read by the registered service (the same for
-// every process that opens the repository; see pkg/repository).
+// every process that opens the repository; see pkg/repository, which also
+// has the TIDEMARK_REPOSITORY_S3_* variables of an S3 repository).
 const (
 	// EnvPassword holds the repository password itself.
 	EnvPassword = repository.EnvPassword
@@ -54,15 +59,33 @@ type managed struct {
 	repo repository.Config
 	cfg  Config
 	bus  Bus
+	// retryOpen is how soon a repository that failed to open is tried
+	// again (defaultRetryOpen when zero).
+	retryOpen time.Duration
 }
 
+// defaultRetryOpen spares a repository that cannot be opened (an S3
+// server that is down) an attempt for every queued command.
+const defaultRetryOpen = time.Second
+
 func (m *managed) Run(ctx context.Context) error {
-	r, err := repository.Open(ctx, m.repo)
-	if err != nil {
+	if m.cfg.Logger == nil {
+		m.cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	r := &openOnUse{cfg: m.repo, retryAfter: m.retryOpen}
+	if r.retryAfter <= 0 {
+		r.retryAfter = defaultRetryOpen
+	}
+	if _, err := r.get(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("datamover: %w", err)
+		// Keep consuming: every command then fails with this reason in
+		// its failure event, where the run that needed it shows it, and
+		// the repository is tried again for each (an S3 server that was
+		// down is picked up once it is back).
+		m.cfg.Logger.Error("the data mover cannot open the repository; every export and import fails with this reason until it is fixed",
+			"repository", m.repo.Location(), "err", err)
 	}
 	defer func() {
 		if err := r.Close(context.WithoutCancel(ctx)); err != nil {
@@ -76,6 +99,86 @@ func (m *managed) Run(ctx context.Context) error {
 		return err
 	}
 	return s.Run(ctx)
+}
+
+// openOnUse is a Repository opened on first use, and again on a later use
+// after opening failed: at once if retryAfter has passed since, else that
+// failure is the answer. A wrong password or an invalid configuration is
+// the answer for good: they come from this process's settings.
+type openOnUse struct {
+	cfg        repository.Config
+	retryAfter time.Duration
+
+	mu       sync.Mutex
+	r        *repository.Repository
+	err      error
+	failedAt time.Time
+}
+
+func (o *openOnUse) get(ctx context.Context) (*repository.Repository, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.r != nil {
+		return o.r, nil
+	}
+	if o.err != nil && (errors.Is(o.err, repository.ErrWrongPassword) || errors.Is(o.err, repository.ErrInvalidConfig) ||
+		time.Since(o.failedAt) < o.retryAfter) {
+		return nil, o.err
+	}
+	r, err := repository.Open(ctx, o.cfg)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		o.err, o.failedAt = fmt.Errorf("opening the repository: %w", err), time.Now()
+		return nil, o.err
+	}
+	o.r, o.err = r, nil
+	return r, nil
+}
+
+// Close closes the repository if it was opened.
+func (o *openOnUse) Close(ctx context.Context) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.r == nil {
+		return nil
+	}
+	err := o.r.Close(ctx)
+	o.r = nil
+	return err
+}
+
+func (o *openOnUse) ExportDir(ctx context.Context, req repository.ExportRequest) (repository.ExportResult, error) {
+	r, err := o.get(ctx)
+	if err != nil {
+		return repository.ExportResult{}, err
+	}
+	return r.ExportDir(ctx, req)
+}
+
+func (o *openOnUse) ImportDir(ctx context.Context, manifestID, targetDir string, progress func(repository.Progress)) (repository.ImportResult, error) {
+	r, err := o.get(ctx)
+	if err != nil {
+		return repository.ImportResult{}, err
+	}
+	return r.ImportDir(ctx, manifestID, targetDir, progress)
+}
+
+func (o *openOnUse) ExportStream(ctx context.Context, req repository.StreamRequest) (repository.ExportResult, error) {
+	r, err := o.get(ctx)
+	if err != nil {
+		return repository.ExportResult{}, err
+	}
+	return r.ExportStream(ctx, req)
+}
+
+func (o *openOnUse) ImportStream(ctx context.Context, manifestID string, w io.Writer, progress func(repository.Progress)) (repository.ImportResult, error) {
+	r, err := o.get(ctx)
+	if err != nil {
+		return repository.ImportResult{}, err
+	}
+	return r.ImportStream(ctx, manifestID, w, progress)
 }
 
 // Password returns the repository password; see repository.Password.
