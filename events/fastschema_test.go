@@ -137,10 +137,7 @@ var replacements = []any{
 // mutations returns documents derived from v: each value replaced, each
 // property removed, unknown and known properties added, at every depth.
 func mutations(v any, names []string) []any {
-	var out []any
-	for _, r := range replacements {
-		out = append(out, r)
-	}
+	out := append([]any(nil), replacements...)
 	switch v := v.(type) {
 	case map[string]any:
 		keys := make([]string, 0, len(v))

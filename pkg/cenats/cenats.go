@@ -304,7 +304,7 @@ func (w *messageWriter) SetAttribute(attr spec.Attribute, value interface{}) err
 	// attr may come from an unprefixed spec version (an in-memory event), so
 	// the header name is chosen by the attribute's kind.
 	var name string
-	if k := attr.Kind(); k >= 0 && int(k) < len(headerByKind) {
+	if k := attr.Kind(); int(k) < len(headerByKind) {
 		name = headerByKind[k]
 	}
 	if name == "" {

@@ -65,63 +65,6 @@ func (a *fileApp) locked() bool {
 	return !errors.Is(err, fs.ErrNotExist)
 }
 
-func compensation(r coordinator.Run, step string) (events.Compensation, bool) {
-	for _, c := range r.Compensations {
-		if c.Step == step {
-			return c, true
-		}
-	}
-	return events.Compensation{}, false
-}
-
-func TestBackupRunsQuiesceSnapshotThawExportRecord(t *testing.T) {
-	sys := newSystem(t)
-	sys.startAll()
-	app := newFileApp(t, sys, "shop/files", "30s", "")
-	run := sys.backup(app.name)
-	end := sys.outcome(run, 60*time.Second)
-	rec, ok := events.As[events.RestorePointRecorded](end)
-	if !ok {
-		t.Fatalf("run ended with %s, want restorepoint.recorded; history:\n%s", end.Type(), history(sys.runState(run)))
-	}
-	r := sys.waitStatus(run, 10*time.Second)
-	if r.Status != coordinator.StatusCompleted {
-		t.Fatalf("status %s, want completed; history:\n%s", r.Status, history(r))
-	}
-	if app.locked() {
-		t.Error("the application is still quiesced after a completed backup (the lock file exists)")
-	}
-	if len(rec.Artifacts) != 1 || rec.Artifacts[0].Name != "data" {
-		t.Errorf("restore point artifacts = %+v, want the volume data", rec.Artifacts)
-	}
-	if left := sys.snapshotsOf(run); len(left) != 0 {
-		t.Errorf("snapshots left after the run: %v", left)
-	}
-	completed := sys.env.WaitFor(t, time.Second, "backup.completed", func(e events.Event) bool {
-		p, ok := events.As[events.BackupCompleted](e)
-		return ok && p.RunID == run
-	})
-	c, _ := events.As[events.BackupCompleted](completed)
-	if c.FreezeWindow <= 0 || c.FreezeWindow.Std() > 30*time.Second {
-		t.Errorf("freeze window %s: want the time from lock to unlock", c.FreezeWindow)
-	}
-	if c.RestorePointID != rec.RestorePointID {
-		t.Errorf("backup.completed names point %s, the catalog recorded %s", c.RestorePointID, rec.RestorePointID)
-	}
-	// The order the saga promises: lock, snapshot, unlock, export.
-	var order []string
-	for _, h := range r.History {
-		for _, key := range []string{"step lock (exec) sent", "snapshots ready", "thawed", "exported data", "completed"} {
-			if strings.HasPrefix(h.Message, key) {
-				order = append(order, key)
-			}
-		}
-	}
-	want := []string{"step lock (exec) sent", "snapshots ready", "thawed", "exported data", "completed"}
-	if strings.Join(order, "|") != strings.Join(want, "|") {
-		t.Errorf("history order %v, want %v\n%s", order, want, history(r))
-	}
-}
 
 func TestFailedStepAfterQuiesceRunsTheInverse(t *testing.T) {
 	sys := newSystem(t)
