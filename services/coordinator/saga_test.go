@@ -65,7 +65,6 @@ func (a *fileApp) locked() bool {
 	return !errors.Is(err, fs.ErrNotExist)
 }
 
-
 func TestFailedStepAfterQuiesceRunsTheInverse(t *testing.T) {
 	sys := newSystem(t)
 	sys.startAll()
