@@ -589,7 +589,11 @@ func (s *Server) start(ctx context.Context) error {
 			<-p.done
 		}
 		logText := readFrom(s.logPath, logOffset)
-		if !strings.Contains(logText, "Address already in use") || ctx.Err() != nil {
+		// A killed PostgreSQL's shared memory can outlive its processes for
+		// a moment; its key comes from the port, so another port avoids it,
+		// just as it avoids a port someone else took.
+		clash := strings.Contains(logText, "Address already in use") || strings.Contains(logText, "pre-existing shared memory block")
+		if !clash || ctx.Err() != nil {
 			break
 		}
 	}
