@@ -13,10 +13,16 @@ import (
 	"github.com/tidemark-dev/tidemark/tests/dbserver"
 )
 
-// restore publishes a restore request and waits for its end.
+// restore publishes a restore to new and waits for its end.
 func (s *system) restore(point events.RestorePointID, target string, only ...string) events.Event {
 	s.t.Helper()
-	ev := events.New("tidemark/test", string(point), events.RestoreRequested{RestorePointID: point, Target: events.RestoreTarget{Mode: "new", Name: target}, Only: only, RequestedBy: "test"}, time.Now())
+	return s.restoreRequest(events.RestoreRequested{RestorePointID: point, Target: events.RestoreTarget{Mode: "new", Name: target}, Only: only, RequestedBy: "test"})
+}
+
+// restoreRequest publishes req and waits for the restore's end.
+func (s *system) restoreRequest(req events.RestoreRequested) events.Event {
+	s.t.Helper()
+	ev := events.New("tidemark/test", string(req.RestorePointID), req, time.Now())
 	s.env.Publish(s.t, ev)
 	var run events.RunID
 	first := s.env.WaitFor(s.t, 30*time.Second, "restore.accepted or failed", func(e events.Event) bool {
@@ -56,9 +62,9 @@ type tick struct {
 	at time.Time
 }
 
-func ticks(t *testing.T, db *sql.DB) []tick {
+func ticks(t *testing.T, db *sql.DB, table string) []tick {
 	t.Helper()
-	rows, err := db.Query("SELECT id, at FROM shop.ticks ORDER BY id")
+	rows, err := db.Query("SELECT id, at FROM " + table + " ORDER BY id")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +143,7 @@ spec:
 	}
 	time.Sleep(100 * time.Millisecond)
 	k.halt()
-	source := ticks(t, db)
+	source := ticks(t, db, "shop.ticks")
 
 	var lock events.HookSucceeded
 	var released events.HookReleased
@@ -168,7 +174,7 @@ spec:
 		t.Fatal(err)
 	}
 	defer rdb.Close()
-	got := ticks(t, rdb)
+	got := ticks(t, rdb, "shop.ticks")
 	if len(got) == 0 {
 		t.Fatal("the restored table is empty")
 	}
@@ -310,35 +316,13 @@ func TestPostgreSQLLogicalConsistencyProof(t *testing.T) {
 			dump = p
 		}
 	}
-	readTicks := func(db *sql.DB) []tick {
-		rows, err := db.Query("SELECT id, at FROM ticks ORDER BY id")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		var out []tick
-		for rows.Next() {
-			var k tick
-			if err := rows.Scan(&k.id, &k.at); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, k)
-		}
-		return out
-	}
-	source := readTicks(db)
+	source := ticks(t, db, "ticks")
 
 	if _, err := db.Exec("CREATE DATABASE restored"); err != nil {
 		t.Fatal(err)
 	}
-	ev := events.New("tidemark/test", string(rec.RestorePointID), events.RestoreRequested{
+	done := sys.restoreRequest(events.RestoreRequested{
 		RestorePointID: rec.RestorePointID, Target: events.RestoreTarget{Mode: "new"}, Params: map[string]string{"database": "restored"},
-	}, time.Now())
-	sys.env.Publish(t, ev)
-	done := sys.env.WaitFor(t, 2*time.Minute, "the restore's end", func(e events.Event) bool {
-		_, c := events.As[events.RestoreCompleted](e)
-		_, f := events.As[events.RestoreFailed](e)
-		return (c || f) && (e.CausationID == ev.ID || e.CorrelationID != "" && strings.HasPrefix(e.ID, e.CorrelationID))
 	})
 	if f, failed := events.As[events.RestoreFailed](done); failed {
 		t.Fatalf("restore failed: %s", f.Reason)
@@ -348,7 +332,7 @@ func TestPostgreSQLLogicalConsistencyProof(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rdb.Close()
-	got := readTicks(rdb)
+	got := ticks(t, rdb, "ticks")
 	if len(got) == 0 || len(got) >= len(source) {
 		t.Fatalf("restored %d rows of %d: want a non-empty prefix", len(got), len(source))
 	}

@@ -57,10 +57,7 @@ func (s *saga) match(ev events.Event, name string) *Task {
 }
 
 func (s *saga) onHookSucceeded(ev events.Event, p events.HookSucceeded) {
-	t := s.r.taskByCommand(ev.CausationID)
-	if t == nil {
-		t = s.match(ev, p.Step)
-	}
+	t := s.match(ev, p.Step)
 	if t == nil {
 		return
 	}
@@ -121,10 +118,7 @@ func (s *saga) lateLock(t *Task) {
 }
 
 func (s *saga) onHookFailed(ev events.Event, p events.HookFailed) {
-	t := s.r.taskByCommand(ev.CausationID)
-	if t == nil {
-		t = s.match(ev, p.Step)
-	}
+	t := s.match(ev, p.Step)
 	if t == nil || t.State != TaskSent {
 		return
 	}
