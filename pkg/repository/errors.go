@@ -42,6 +42,9 @@ var (
 	// ErrNoSpace is returned when the repository's storage is full. A
 	// retry may succeed once space is freed.
 	ErrNoSpace = errors.New("repository storage is full")
+	// ErrVerification: a restored tree differs from the snapshot it was
+	// restored from (a file missing, or of another size or content).
+	ErrVerification = errors.New("the restored files do not match the backup")
 )
 
 // IsPermanent reports whether retrying an operation that failed with err

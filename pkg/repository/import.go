@@ -29,6 +29,10 @@ type ImportResult struct {
 // missing: files, directories and symlinks with their modes and times (and
 // owners, where this process may set them). Files already in targetDir are
 // overwritten; other files there are left alone.
+//
+// The restored tree is then verified against the snapshot (see verify): a
+// file that is missing, has another size or other content than the one
+// recorded at backup time fails the import with ErrVerification.
 func (r *Repository) ImportDir(ctx context.Context, manifestID, targetDir string, progress func(Progress)) (ImportResult, error) {
 	if targetDir == "" {
 		return ImportResult{}, fmt.Errorf("%w: import needs a target directory", ErrInvalidRequest)
@@ -44,7 +48,7 @@ func (r *Repository) ImportDir(ctx context.Context, manifestID, targetDir string
 	stop := report(&c, r.cfg.ProgressInterval, progress)
 	defer stop()
 
-	out := &restore.FilesystemOutput{
+	fsOut := &restore.FilesystemOutput{
 		TargetPath:             targetDir,
 		OverwriteDirectories:   true,
 		OverwriteFiles:         true,
@@ -52,9 +56,10 @@ func (r *Repository) ImportDir(ctx context.Context, manifestID, targetDir string
 		IgnorePermissionErrors: true,
 		WriteSparseFiles:       true,
 	}
-	if err := out.Init(ctx); err != nil {
+	if err := fsOut.Init(ctx); err != nil {
 		return ImportResult{}, fmt.Errorf("restore target %s: %w", targetDir, err)
 	}
+	out := &recordingOutput{FilesystemOutput: fsOut}
 	cancel := make(chan struct{})
 	stopCancel := context.AfterFunc(ctx, func() { close(cancel) })
 	defer stopCancel()
@@ -81,6 +86,12 @@ func (r *Repository) ImportDir(ctx context.Context, manifestID, targetDir string
 	}
 	c.bytesDone.Store(st.RestoredTotalFileSize)
 	c.filesDone.Store(int64(st.RestoredFileCount))
+	if r.beforeVerify != nil {
+		r.beforeVerify(targetDir)
+	}
+	if err := out.verify(ctx, targetDir, man); err != nil {
+		return ImportResult{}, fmt.Errorf("restoring %s to %s: %w", manifestID, targetDir, err)
+	}
 	res.Files = int64(st.RestoredFileCount)
 	res.Bytes = st.RestoredTotalFileSize
 	res.FinishedAt = time.Now()

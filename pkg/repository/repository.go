@@ -115,6 +115,9 @@ type Repository struct {
 	cfg     Config
 	rep     repo.Repository
 	release func() // forgets the S3 credentials
+	// beforeVerify, when set (by tests only), runs between a restore and
+	// its verification: the seam through which tests damage a restored tree.
+	beforeVerify func(dir string)
 }
 
 // s3InitLocks serialises creating S3 repositories within this process
