@@ -147,7 +147,7 @@ func TestBundledPostgresBlueprintRendersBackupMode(t *testing.T) {
 		Connection: "primary",
 		Statements: []string{"SELECT pg_backup_start(label => 'shop-db-1772330400', fast => true)"},
 		Hold:       true,
-		Release:    []string{"SELECT labelfile, spcmapfile FROM pg_backup_stop(wait_for_archive => false)"},
+		Release:    []string{"SELECT labelfile, spcmapfile, pg_walfile_name(lsn) AS stopwalfile FROM pg_backup_stop(wait_for_archive => false)"},
 	}
 	if got, _ := json.Marshal(spec); string(got) != mustJSON(t, want) {
 		t.Errorf("spec = %s, want %s", got, mustJSON(t, want))

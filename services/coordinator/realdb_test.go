@@ -187,7 +187,7 @@ func TestMariaDBUnderALiveWriter(t *testing.T) {
         noInverse: only reads
       - name: snapshot
         kind: snapshot
-    restore:`, 1)
+`, 1)
 		file := sys.writeFile("mariadb-failing.blueprint.yaml", bp)
 		sys.app("shop/mariadb-failing", file, map[string]string{"data": srv.DataDir}, connection)
 		run := sys.backup("shop/mariadb-failing")
@@ -236,7 +236,9 @@ func TestPostgreSQLBackupKeepsTheBackupLabel(t *testing.T) {
       driver: postgres
       dsn: "postgres://%s@%s:%d/postgres?sslmode=disable"
       passwordFrom: {env: TIDEMARK_TEST_PG_PASSWORD}
-`, srv.User, srv.Host, srv.Port)
+  params:
+    pgdata: %s
+`, srv.User, srv.Host, srv.Port, srv.DataDir)
 	sys.app("shop/postgres", "postgres", map[string]string{"pgdata": srv.DataDir}, connection)
 	k := startTicker(t, db, "INSERT INTO ticks DEFAULT VALUES")
 
@@ -257,14 +259,14 @@ func TestPostgreSQLBackupKeepsTheBackupLabel(t *testing.T) {
 	})
 
 	t.Run("a failure inside backup mode ends the backup session", func(t *testing.T) {
-		bp := strings.Replace(bundled(t, "postgres"), "      - name: snapshot\n        kind: snapshot\n    restore:", `      - name: check
+		bp := strings.Replace(bundled(t, "postgres"), "      - name: snapshot\n        kind: snapshot\n", `      - name: check
         kind: exec
         exec:
           command: [sh, -c, 'exit 1']
         noInverse: only reads
       - name: snapshot
         kind: snapshot
-    restore:`, 1)
+`, 1)
 		file := sys.writeFile("postgres-failing.blueprint.yaml", bp)
 		sys.app("shop/postgres-failing", file, map[string]string{"pgdata": srv.DataDir}, connection)
 		run := sys.backup("shop/postgres-failing")

@@ -292,7 +292,10 @@ func (s *Service) importVolume(ctx context.Context, ev events.Event, req events.
 		if req.Target == "" {
 			return repository.ImportResult{}, fmt.Errorf("%w: import needs a target directory", repository.ErrInvalidRequest)
 		}
-		if err := os.MkdirAll(req.Target, 0o700); err != nil {
+		// 0755 like mkdir -p: the restored tree then gets the modes and
+		// owners the backup recorded, and the application's own account
+		// (not root) must be able to reach it through the parents made here.
+		if err := os.MkdirAll(req.Target, 0o755); err != nil {
 			return repository.ImportResult{}, fmt.Errorf("import target: %w", err)
 		}
 		return s.cfg.Repository.ImportDir(ctx, string(req.ManifestID), req.Target, progress)

@@ -102,6 +102,9 @@ func (s *Server) PostgresDSN(db string) string {
 	return u.String()
 }
 
+// LogPath is the server's log file (its stdout and stderr).
+func (s *Server) LogPath() string { return s.logPath }
+
 func (s *Server) addr() string { return net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }
 
 // Kill sends SIGKILL to the server's process group (the server and, for
@@ -457,6 +460,14 @@ func PostgreSQL(t testing.TB) *Server {
 		t.Fatalf("dbserver: PostgreSQL: initdb failed: %v\n%s", err, tail(out, 40))
 	}
 
+	if err := s.startPostgreSQL(ctx, sockDir); err != nil {
+		t.Fatalf("dbserver: PostgreSQL: %v", err)
+	}
+	t.Logf("dbserver: PostgreSQL listening on %s (data %s), up in %s", s.addr(), s.DataDir, time.Since(start).Round(time.Millisecond))
+	return s
+}
+
+func (s *Server) startPostgreSQL(ctx context.Context, sockDir string) error {
 	s.argv = func(port int) []string {
 		return []string{
 			filepath.Join(pgBinDir, "postgres"),
@@ -468,11 +479,80 @@ func PostgreSQL(t testing.TB) *Server {
 			"-c", "logging_collector=off",
 		}
 	}
-	if err := s.start(ctx); err != nil {
+	return s.start(ctx)
+}
+
+// PostgreSQLDir returns a fresh directory that the OS account PostgreSQL
+// runs as (when the test runs as root) owns and can reach: where a test
+// restores a data directory that PostgreSQLOn then starts.
+func PostgreSQLDir(t testing.TB) string {
+	t.Helper()
+	var cred *osUser
+	if os.Geteuid() == 0 {
+		c, err := postgresCredential()
+		if err != nil {
+			unavailable(t, "PostgreSQL: no non-root OS user to run postgres as: %v", err)
+			return ""
+		}
+		cred = c
+	}
+	dir, err := serverDir(t, cred)
+	if err != nil {
 		t.Fatalf("dbserver: PostgreSQL: %v", err)
 	}
-	t.Logf("dbserver: PostgreSQL listening on %s (data %s), up in %s", s.addr(), s.DataDir, time.Since(start).Round(time.Millisecond))
-	return s
+	return dir
+}
+
+// PostgreSQLOn starts PostgreSQL on an existing data directory (a restored
+// one) with the given password for user postgres, and returns when it
+// accepts TCP connections, or the server's own words on why it did not
+// start (its log's tail). Recovery, if the directory needs any, happens
+// before that. The server is stopped in t.Cleanup.
+func PostgreSQLOn(t testing.TB, dataDir, password string) (*Server, error) {
+	t.Helper()
+	if platformErr != nil {
+		unavailable(t, "PostgreSQL: %v", platformErr)
+		return nil, platformErr
+	}
+	if err := ensurePostgreSQL(); err != nil {
+		unavailable(t, "PostgreSQL: %v", err)
+		return nil, err
+	}
+	var cred *osUser
+	if os.Geteuid() == 0 {
+		c, err := postgresCredential()
+		if err != nil {
+			unavailable(t, "PostgreSQL: no non-root OS user to run postgres as: %v", err)
+			return nil, err
+		}
+		cred = c
+	}
+	dir, err := serverDir(t, cred)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		Host: "127.0.0.1", User: "postgres", Password: password, DataDir: dataDir, kind: "postgresql",
+		dir: dir, logPath: filepath.Join(dir, "postgres.log"), cred: cred, stopSig: syscall.SIGINT,
+	}
+	t.Cleanup(func() { s.cleanup(t) })
+	sockDir, err := shortDir(t, dir, len(".s.PGSQL.65535.lock"))
+	if err != nil {
+		return nil, err
+	}
+	if cred != nil && sockDir != dir {
+		if err := os.Chown(sockDir, cred.uid, cred.gid); err != nil {
+			return nil, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	start := time.Now()
+	if err := s.startPostgreSQL(ctx, sockDir); err != nil {
+		return nil, err
+	}
+	t.Logf("dbserver: PostgreSQL on %s listening on %s, up in %s", dataDir, s.addr(), time.Since(start).Round(time.Millisecond))
+	return s, nil
 }
 
 func (s *Server) pingPostgreSQL(ctx context.Context) error {
