@@ -9,13 +9,16 @@ FUZZTIME    ?= 100000x
 BENCHCOUNT  ?= 6
 BIN         := bin/tidemark
 
-.PHONY: help build test test-race test-kube fuzz lint bench clean
+.PHONY: help build demo test test-race test-kube fuzz lint bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## build bin/tidemark
 	$(GO) build -o $(BIN) ./cmd/tidemark
+
+demo: ## back up a live PostgreSQL and restore it end to end, then clean up (needs PostgreSQL 15+ binaries)
+	$(GO) run ./cmd/tidemark demo
 
 test: test-race fuzz ## every test with the race detector, then the fuzz targets briefly (FUZZTIME executions each)
 

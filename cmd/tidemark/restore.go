@@ -29,7 +29,8 @@ func newRestoreCommand() *cobra.Command {
 volume of the point into DIR/<volume> (DIR must be absent or empty), then runs
 the restore steps of the blueprint the backup used, with what the backup
 recorded (a backup label, positions). Each restored volume is checked against
-what the backup stored (file count and bytes); a mismatch fails the restore.
+what the backup stored (every file's size and content); a mismatch fails the
+restore, naming the files.
 
 A logical dump is loaded where the blueprint's restore steps say, by its
 parameters: --param database=shop_copy loads a PostgreSQL dump into another
