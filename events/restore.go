@@ -28,8 +28,12 @@ type RestoreRequested struct {
 	Only []string `json:"only,omitempty"`
 	// Params override the blueprint's parameters for the restore's steps,
 	// such as the database a logical dump is loaded into.
-	Params      map[string]string `json:"params,omitempty"`
-	RequestedBy string            `json:"requestedBy,omitempty"`
+	Params map[string]string `json:"params,omitempty"`
+	// Force lets a restore to new go into a target that is not empty: each
+	// volume's directory there is replaced, its previous contents kept
+	// beside it.
+	Force       bool   `json:"force,omitempty"`
+	RequestedBy string `json:"requestedBy,omitempty"`
 }
 
 // EventType implements Payload.

@@ -83,8 +83,11 @@ type VolumeImportRequested struct {
 	Volume     string     `json:"volume"`
 	ManifestID ManifestID `json:"manifestId"`
 	Repository string     `json:"repository"`
-	// TargetKind is "directory" (Target is a path or PVC) or "stream"
-	// (Target names the hook step whose stdin receives the data).
+	// TargetKind is "directory" (Target is a path or PVC), "replace"
+	// (Target is an existing directory whose contents are replaced: staged
+	// beside it, verified, swapped in; the previous contents are kept
+	// beside it) or "stream" (Target names the hook step whose stdin
+	// receives the data).
 	TargetKind     string `json:"targetKind"`
 	Target         string `json:"target"`
 	IdempotencyKey string `json:"idempotencyKey"`
@@ -108,6 +111,9 @@ type VolumeImported struct {
 	Bytes      int64      `json:"bytes"`
 	StartedAt  time.Time  `json:"startedAt"`
 	FinishedAt time.Time  `json:"finishedAt"`
+	// Previous is where a replaced directory's previous contents were kept
+	// (targetKind replace).
+	Previous string `json:"previous,omitempty"`
 }
 
 // EventType implements Payload.

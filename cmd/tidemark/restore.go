@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -20,10 +21,11 @@ func newRestoreCommand() *cobra.Command {
 		only    []string
 		params  map[string]string
 		wait    bool
+		force   bool
 		timeout time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "restore POINT_ID --to new [--target DIR] [--param k=v] [--only NAME,...] [--wait]",
+		Use:   "restore POINT_ID --to new|production [--target DIR] [--param k=v] [--only NAME,...] [--wait]",
 		Short: "Restore a restore point",
 		Long: `Restore a restore point. On the local platform a restore to new writes each
 volume of the point into DIR/<volume> (DIR must be absent or empty), then runs
@@ -36,15 +38,25 @@ A logical dump is loaded where the blueprint's restore steps say, by its
 parameters: --param database=shop_copy loads a PostgreSQL dump into another
 database (which must exist). A point with only dumps needs no --target.
 
+A restore to production (--to production, no --target) overwrites the
+application in place: the blueprint's restore steps stop it first (if
+anything fails from then on, the stop's inverse starts it again), each volume
+is restored beside its directory, verified, and swapped in, and the
+application is started again. The previous contents of each directory are
+kept beside it (<dir>.tidemark-previous-<run>) until you delete them. Nothing
+else may run against the application meanwhile: a running backup makes the
+restore refused, and the restore makes backups refused.
+
 --only restores just the named volumes and dumps. Bad requests (an unknown
-point, a non-empty target, an unknown name) are refused before anything is
-written.
+point, a non-empty target without --force, an unknown name) are refused
+before anything is written.
 
 With --wait, follow the restore to its end with progress, and exit 1 if it
 fails.`,
 		Example: `  tidemark restore 01JD3Z6X8K2M4N6P8Q0R2S4T6V --to new --target /srv/restore/shop --wait
   tidemark restore 01JD3Z6X8K2M4N6P8Q0R2S4T6V --to new --target /srv/restore/logs --only logs
-  tidemark restore 01JD3Z6X8K2M4N6P8Q0R2S4T6V --to new --param database=shop_copy --wait`,
+  tidemark restore 01JD3Z6X8K2M4N6P8Q0R2S4T6V --to new --param database=shop_copy --wait
+  tidemark restore 01JD3Z6X8K2M4N6P8Q0R2S4T6V --to production --wait`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch to {
@@ -57,6 +69,9 @@ fails.`,
 					target = abs
 				}
 			case "production":
+				if target != "" {
+					return usageError{errors.New("--target: a restore to production goes back where the application's volumes are; drop --target (or use --to new)")}
+				}
 			default:
 				return usageError{fmt.Errorf("--to %q: want new or production", to)}
 			}
@@ -77,7 +92,7 @@ fails.`,
 			if err != nil {
 				return err
 			}
-			req := events.RestoreRequested{RestorePointID: events.RestorePointID(args[0]), Target: events.RestoreTarget{Mode: to, Name: target}, Only: only, Params: params, RequestedBy: requester()}
+			req := events.RestoreRequested{RestorePointID: events.RestorePointID(args[0]), Target: events.RestoreTarget{Mode: to, Name: target}, Only: only, Params: params, Force: force, RequestedBy: requester()}
 			ev := events.New("/tidemark/cli", args[0], req, time.Now())
 			if _, err := c.bus.Publish(ctx, ev); err != nil {
 				return err
@@ -92,6 +107,7 @@ fails.`,
 	f.StringSliceVar(&only, "only", nil, "restore only these volumes or dumps (comma-separated)")
 	f.StringToStringVar(&params, "param", nil, "override a blueprint parameter for the restore steps, such as --param database=shop_copy (repeatable)")
 	f.BoolVar(&wait, "wait", false, "follow the restore to its end; exit 1 if it fails")
+	f.BoolVar(&force, "force", false, "restore to new into a target that is not empty: replace the volumes' directories there (their previous contents are kept beside them)")
 	f.DurationVar(&timeout, "timeout", 0, "give up waiting after this long (the restore goes on)")
 	return cmd
 }

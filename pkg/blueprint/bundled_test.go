@@ -113,9 +113,14 @@ func TestBundledBlueprintsLintCleanAndRender(t *testing.T) {
 			}
 			backupCtx := runContext(t, b)
 			backup := renderAction(t, b.Action(ActionBackup), backupCtx)
-			for _, name := range []string{ActionRestore, ActionDelete} {
+			for _, restore := range []*RestoreInfo{{Mode: "new", Target: "/srv/restore"}, {Mode: "production"}, nil} {
+				name := ActionRestore
+				if restore == nil {
+					name = ActionDelete
+				}
 				ctx := runContext(t, b)
 				ctx.Backup = &BackupRecord{Steps: backupCtx.Steps, Time: backupCtx.Time}
+				ctx.Restore = restore
 				renderAction(t, b.Action(name), ctx)
 			}
 			for _, r := range backup {

@@ -28,6 +28,9 @@ type TemplateContext struct {
 	// Backup is what the backup being restored (or deleted) recorded; nil
 	// during a backup: .Backup.Steps.lock.Output.labelfile.
 	Backup *BackupRecord
+	// Restore says where a restore goes; nil during a backup or delete:
+	// {{ if eq .Restore.Mode "production" }}.
+	Restore *RestoreInfo
 	// Secrets holds, for each secret the blueprint declares in spec.secrets,
 	// a placeholder (SecretPlaceholders): .Secrets.password, or
 	// index .Secrets "db-pass" for names that are not identifiers. The
@@ -67,6 +70,17 @@ type Workload struct {
 type StepResult struct {
 	// Output holds the step's outputs by name.
 	Output map[string]string
+}
+
+// RestoreInfo describes the restore a restore action is running for.
+type RestoreInfo struct {
+	// Mode is "new" (a copy beside the original, which must not be
+	// touched) or "production" (the original, overwritten in place: stop
+	// the application before the snapshot step, start it after).
+	Mode string
+	// Target is where a restore to new goes (a directory, a namespace);
+	// empty for production.
+	Target string
 }
 
 // BackupRecord is what a backup run recorded with its restore point, as

@@ -372,6 +372,10 @@ func (l *linter) reference(action string, steps Action, i int, inverse bool, cha
 		if len(chain) >= 3 && chain[1] == "Steps" {
 			return l.backupOutput(chain[2:], fail)
 		}
+	case "Restore":
+		if action != ActionRestore {
+			return fail("use it only in the restore action", ".Restore is set only in restore actions")
+		}
 	case "Steps":
 		if len(chain) >= 2 {
 			return l.stepOutput(steps, i, inverse, chain[1:], fail)

@@ -179,7 +179,9 @@ func TestBundledMariaDBBlueprintsOnARealServer(t *testing.T) {
 	t.Run("restore waits until the server answers", func(t *testing.T) {
 		b := bundledBlueprint(t, "mariadb")
 		var spec WaitSpec
-		renderSpec(t, b.Action(ActionRestore).Step("ready"), runContext(t, b), &spec)
+		rctx := runContext(t, b)
+		rctx.Restore = &RestoreInfo{Mode: "production"}
+		renderSpec(t, b.Action(ActionRestore).Step("ready"), rctx, &spec)
 		conn, err := db.Conn(ctx)
 		if err != nil {
 			t.Fatal(err)

@@ -322,7 +322,7 @@ func (s *Service) startBackup(ctx context.Context, ev events.Event, req events.B
 	if running, err := s.claimApplication(ctx, req.Application, id); err != nil {
 		return nil, err
 	} else if running != "" {
-		return s.reject(ev, req, running, fmt.Sprintf("a backup of %s is already running (run %s); this request was rejected, not queued", req.Application, running)), nil
+		return s.reject(ev, req, running, fmt.Sprintf("a backup or restore to production of %s is already running (run %s); this request was rejected, not queued", req.Application, running)), nil
 	}
 	r := &Run{
 		ID: id, Kind: "backup", Application: req.Application, Blueprint: bp.Metadata.Name,
@@ -355,6 +355,21 @@ func (s *Service) startBackup(ctx context.Context, ev events.Event, req events.B
 	return nil, nil
 }
 
+// holdsApplication says whether r still acts on its application. A backup
+// whose restore point is recorded only deletes its own snapshots: the next
+// run of the application need not wait for that.
+func (r *Run) holdsApplication() bool {
+	if r.Status.Terminal() {
+		return false
+	}
+	if r.Kind == KindBackup {
+		if rec := r.task("record"); rec != nil && rec.State == TaskSucceeded {
+			return false
+		}
+	}
+	return true
+}
+
 // claimApplication records run as the application's running backup. It
 // returns the run already holding it, if one does.
 func (s *Service) claimApplication(ctx context.Context, app string, run events.RunID) (events.RunID, error) {
@@ -378,7 +393,7 @@ func (s *Service) claimApplication(ctx context.Context, app string, run events.R
 			return "", nil
 		}
 		other, err := s.load(ctx, holder)
-		if err == nil && !other.Status.Terminal() {
+		if err == nil && other.holdsApplication() {
 			return holder, nil
 		}
 		if err != nil && !errors.Is(err, bus.ErrKeyNotFound) {

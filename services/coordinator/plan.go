@@ -143,8 +143,10 @@ func (r *Run) templateContext(bp *blueprint.Blueprint) blueprint.TemplateContext
 		}
 	}
 	var backup *blueprint.BackupRecord
+	var restore *blueprint.RestoreInfo
 	volumes := r.App.Volumes
 	if r.Restore != nil {
+		restore = &blueprint.RestoreInfo{Mode: r.Restore.Target.Mode, Target: r.Restore.Target.Name}
 		backup = &blueprint.BackupRecord{Steps: map[string]blueprint.StepResult{}, Time: r.Restore.BackupTime}
 		for step, out := range r.Restore.BackupSteps {
 			backup.Steps[step] = blueprint.StepResult{Output: out}
@@ -159,6 +161,7 @@ func (r *Run) templateContext(bp *blueprint.Blueprint) blueprint.TemplateContext
 	}
 	return blueprint.TemplateContext{
 		Backup:    backup,
+		Restore:   restore,
 		App:       blueprint.App{Name: r.App.Name, Namespace: r.App.Namespace, Volumes: volumes},
 		Namespace: r.App.Namespace,
 		Targets:   r.App.Targets,

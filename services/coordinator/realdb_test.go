@@ -180,7 +180,7 @@ func TestMariaDBUnderALiveWriter(t *testing.T) {
 	})
 
 	t.Run("a failure after the lock releases it within maxFreeze+5s", func(t *testing.T) {
-		bp := strings.Replace(bundled(t, "mariadb"), "      - name: snapshot\n        kind: snapshot\n    restore:", `      - name: check
+		bp := strings.Replace(bundled(t, "mariadb"), "      - name: snapshot\n        kind: snapshot\n", `      - name: check
         kind: exec
         exec:
           command: [sh, -c, 'sleep 0.5; echo replica lag too high >&2; exit 1']

@@ -33,11 +33,22 @@ func (s *Service) startRestore(ctx context.Context, ev events.Event, req events.
 	}
 	r := &Run{
 		ID: id, Kind: KindRestore, RestorePointID: req.RestorePointID, Time: now.UTC().Truncate(time.Second),
-		CreatedAt: now.UTC(), UpdatedAt: now.UTC(), Restore: &RestorePlan{Target: req.Target},
+		CreatedAt: now.UTC(), UpdatedAt: now.UTC(), Restore: &RestorePlan{Target: req.Target, Replace: req.Force || req.Target.Mode == "production"},
 	}
 	bp, reason, err := s.planRestore(ctx, r, req)
 	if err != nil {
 		return err
+	}
+	if reason == "" && req.Target.Mode == "production" {
+		// Nothing else may run against the application while its volumes
+		// are replaced: no backup, no second restore.
+		running, err := s.claimApplication(ctx, r.Application, id)
+		if err != nil {
+			return err
+		}
+		if running != "" {
+			reason = fmt.Sprintf("run %s of %s is still going; a restore to production does not wait and was refused (nothing was changed)", running, r.Application)
+		}
 	}
 	sg := &saga{r: r, bp: bp, now: now, cfg: &s.cfg, holders: s.holderLookup(ctx), snapshots: s.snapshotLookup(ctx), cause: ev.ID}
 	if reason != "" {
@@ -170,11 +181,25 @@ func (s *Service) planRestore(ctx context.Context, r *Run, req events.RestoreReq
 		if !filepath.IsAbs(req.Target.Name) {
 			return bp, fmt.Sprintf("target %q: a restore to new on the local platform needs an absolute directory to restore into", req.Target.Name), nil
 		}
-		if entries, err := os.ReadDir(req.Target.Name); err == nil && len(entries) > 0 {
-			return bp, fmt.Sprintf("target %s is not empty; restore into a new or empty directory (nothing was changed)", req.Target.Name), nil
+		if entries, err := os.ReadDir(req.Target.Name); err == nil && len(entries) > 0 && !req.Force {
+			return bp, fmt.Sprintf("target %s is not empty; restore into a new or empty directory, or pass --force to replace the volumes' directories in it (their previous contents are kept beside them); nothing was changed", req.Target.Name), nil
 		}
 	case "production":
-		return bp, "restores to production are not available on the local platform yet; restore to new (--to new --target DIR) and swap the directories while the application is stopped", nil
+		if req.Target.Name != "" {
+			return bp, fmt.Sprintf("target %q: a restore to production goes back where the application's volumes are; give no target (or restore to new with --to new --target DIR)", req.Target.Name), nil
+		}
+		for _, a := range point.Artifacts {
+			if a.Kind != "volume" || (len(req.Only) > 0 && !slices.Contains(req.Only, a.Name)) {
+				continue
+			}
+			p := r.App.Volumes[a.Name]
+			if p == "" {
+				return bp, fmt.Sprintf("volume %s: application %s no longer has a volume of that name, so a restore to production has nowhere to put it (restore to new instead, or add it to the Application's spec.volumes)", a.Name, r.Application), nil
+			}
+			if !filepath.IsAbs(p) {
+				return bp, fmt.Sprintf("volume %s: %q is not an absolute directory on the local platform", a.Name, p), nil
+			}
+		}
 	default:
 		return bp, fmt.Sprintf("target mode %q: want new or production", req.Target.Mode), nil
 	}
@@ -185,6 +210,9 @@ func (s *Service) planRestore(ctx context.Context, r *Run, req events.RestoreReq
 		ra := RestoreArtifact{Name: a.Name, Kind: a.Kind, ManifestID: a.ManifestID, Files: a.Files, Bytes: a.Bytes}
 		if a.Kind == "volume" {
 			ra.Location = filepath.Join(req.Target.Name, a.Name)
+			if req.Target.Mode == "production" {
+				ra.Location = r.App.Volumes[a.Name]
+			}
 		}
 		r.Restore.Artifacts = append(r.Restore.Artifacts, ra)
 	}

@@ -2,10 +2,12 @@ package coordinator_test
 
 import (
 	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -259,6 +261,28 @@ func TestRestoreRefusesBadRequestsBeforeChangingAnything(t *testing.T) {
 		t.Errorf("relative target: %q", r)
 	}
 
+	// With --force, the volume's directory in a non-empty target is
+	// replaced and its previous contents kept; other entries stay.
+	if err := os.MkdirAll(filepath.Join(busy, "data"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(busy, "data", "stale"), []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	forced := sys.restoreRequest(events.RestoreRequested{RestorePointID: rec.RestorePointID, Target: events.RestoreTarget{Mode: "new", Name: busy}, Force: true})
+	if _, ok := events.As[events.RestoreCompleted](forced); !ok {
+		t.Fatalf("forced restore ended with %s %+v", forced.Type(), forced.Data)
+	}
+	if b, err := os.ReadFile(keep); err != nil || string(b) != "do not touch" {
+		t.Errorf("a forced restore touched an entry outside the volumes: %q %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(busy, "data", "stale")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the forced restore left a file the backup does not have: %v", err)
+	}
+	if kept, _ := filepath.Glob(filepath.Join(busy, "data.tidemark-previous-*", "stale")); len(kept) != 1 {
+		t.Errorf("the replaced directory's previous contents were not kept: %v", kept)
+	}
+
 	// And a good one restores the volume byte for byte.
 	target := filepath.Join(t.TempDir(), "restored")
 	if done := sys.restore(rec.RestorePointID, target); done.Type() != (events.RestoreCompleted{}).EventType() {
@@ -488,4 +512,143 @@ spec:
 		err := cdb.QueryRow("SELECT count(*) FROM ticks").Scan(&n)
 		t.Logf("WITHOUT backup mode: the copy started (crash recovery from the latest checkpoint in the copy, which nothing guarantees is consistent); ticks readable: %v (%d rows)", err == nil, n)
 	}
+}
+
+// shellQuote joins argv into one sh command line.
+func shellQuote(argv []string) string {
+	q := make([]string, len(argv))
+	for i, a := range argv {
+		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(q, " ")
+}
+
+// TestMariaDBRestoreToProduction restores a backup over the live server's
+// own data directory with the bundled mariadb blueprint: the server is
+// stopped, its directory replaced by the verified copy (the old one kept
+// beside it), started again. A bad change made after the backup is gone.
+// When a step after the swap fails, the stop step's inverse starts the
+// server again anyway.
+func TestMariaDBRestoreToProduction(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts MariaDB")
+	}
+	srv := dbserver.MariaDB(t)
+	db, err := sql.Open("mysql", srv.MySQLDSN(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, q := range []string{
+		"CREATE DATABASE shop",
+		"CREATE TABLE shop.orders (id INT PRIMARY KEY, note VARCHAR(40)) ENGINE=InnoDB",
+		"INSERT INTO shop.orders SELECT seq, CONCAT('order ', seq) FROM shop.seq_1_to_100",
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The blueprint stops the server by its pid and starts it detached, as
+	// systemctl would; this test then owns whatever it started.
+	pidFile := ""
+	for _, a := range srv.StartCommand() {
+		if p, ok := strings.CutPrefix(a, "--pid-file="); ok {
+			pidFile = p
+		}
+	}
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			var pid int
+			if _, err := fmt.Sscan(string(b), &pid); err == nil && pid > 0 && pid != srv.PID() {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	stop := fmt.Sprintf(`pid=$(cat %s); kill -TERM "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done`, shellQuote([]string{pidFile}))
+	start := fmt.Sprintf(`setsid %s >>%s 2>&1 </dev/null &`, shellQuote(srv.StartCommand()), shellQuote([]string{srv.LogPath()}))
+
+	t.Setenv("TIDEMARK_TEST_MARIADB_PASSWORD", srv.Password)
+	sys := newSystem(t)
+	sys.startAll()
+	app := fmt.Sprintf(`  connections:
+    primary: {driver: mysql, dsn: "%s@tcp(%s:%d)/", passwordFrom: {env: TIDEMARK_TEST_MARIADB_PASSWORD}}
+  params:
+    stop: %q
+    start: %q
+`, srv.User, srv.Host, srv.Port, stop, start)
+	sys.app("shop/mariadb", "mariadb", map[string]string{"data": srv.DataDir}, app)
+	rec, ok := events.As[events.RestorePointRecorded](sys.outcome(sys.backup("shop/mariadb"), 2*time.Minute))
+	if !ok {
+		t.Fatal("backup failed")
+	}
+
+	// A bad change after the backup.
+	if _, err := db.Exec("DELETE FROM shop.orders WHERE id > 10"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("INSERT INTO shop.orders VALUES (1000, 'after the backup')"); err != nil {
+		t.Fatal(err)
+	}
+
+	done := sys.restoreRequest(events.RestoreRequested{RestorePointID: rec.RestorePointID, Target: events.RestoreTarget{Mode: "production"}, RequestedBy: "test"})
+	if f, failed := events.As[events.RestoreFailed](done); failed {
+		t.Fatalf("restore to production failed: %s", f.Reason)
+	}
+	count := func() (n int, max int, err error) {
+		fresh, err := sql.Open("mysql", srv.MySQLDSN(""))
+		if err != nil {
+			return 0, 0, err
+		}
+		defer fresh.Close()
+		err = fresh.QueryRow("SELECT count(*), max(id) FROM shop.orders").Scan(&n, &max)
+		return n, max, err
+	}
+	if n, max, err := count(); err != nil || n != 100 || max != 100 {
+		t.Fatalf("after the restore: %d rows, max id %d, %v; want the backup's 100 rows", n, max, err)
+	}
+	previous, _ := filepath.Glob(srv.DataDir + ".tidemark-previous-*")
+	if len(previous) != 1 {
+		t.Fatalf("previous contents kept at %v, want one directory", previous)
+	}
+	if _, err := os.Stat(filepath.Join(previous[0], "shop")); err != nil {
+		t.Errorf("the kept previous contents lack the shop database: %v", err)
+	}
+	run := done.Data.(events.RestoreCompleted).RunID
+	if h := history(sys.runState(run)); !strings.Contains(h, "kept at "+previous[0]) {
+		t.Errorf("the run's history does not say where the previous contents are:\n%s", h)
+	}
+
+	t.Run("a failure after the swap still starts the server", func(t *testing.T) {
+		bp := strings.Replace(bundled(t, "mariadb"), "      - name: start\n", `      - name: check
+        kind: exec
+        exec:
+          command: [sh, -c, 'echo "post-restore check failed" >&2; exit 1']
+      - name: start
+`, 1)
+		file := sys.writeFile("mariadb-failing-restore.blueprint.yaml", bp)
+		sys.app("shop/mariadb-failing", file, map[string]string{"data": srv.DataDir}, app)
+		rec, ok := events.As[events.RestorePointRecorded](sys.outcome(sys.backup("shop/mariadb-failing"), 2*time.Minute))
+		if !ok {
+			t.Fatal("backup failed")
+		}
+		done := sys.restoreRequest(events.RestoreRequested{RestorePointID: rec.RestorePointID, Target: events.RestoreTarget{Mode: "production"}, RequestedBy: "test"})
+		f, failed := events.As[events.RestoreFailed](done)
+		if !failed || !strings.Contains(f.Reason, "post-restore check failed") {
+			t.Fatalf("restore ended with %s %+v, want the check's failure", done.Type(), done.Data)
+		}
+		if c, ok := compensationIn(f.Compensations, "stop-inverse"); !ok || c.Outcome != "succeeded" {
+			t.Errorf("compensations %+v: want the stop step undone (the server started)", f.Compensations)
+		}
+		var n int
+		var err error
+		for range 100 {
+			if n, _, err = count(); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil || n != 100 {
+			t.Errorf("after the failed restore the server answers %d rows, %v; want it up with the restored 100", n, err)
+		}
+	})
 }

@@ -376,5 +376,11 @@ func (s *saga) onVolumeImported(ev events.Event, p events.VolumeImported) {
 	s.done(t, TaskSucceeded, "")
 	r.Restore.BytesRestored += p.Bytes
 	r.log(s.now, "imported %s: %d files, %d bytes", p.Volume, p.Files, p.Bytes)
+	if p.Previous != "" {
+		if a != nil {
+			a.Previous = p.Previous
+		}
+		r.log(s.now, "the previous contents of %s are kept at %s; delete them once the restored application is verified", p.Volume, p.Previous)
+	}
 	s.advance()
 }

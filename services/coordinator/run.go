@@ -211,6 +211,9 @@ const (
 // RestorePlan is what a restore run restores and where.
 type RestorePlan struct {
 	Target events.RestoreTarget `json:"target"`
+	// Replace: the volumes' directories are replaced (staged, verified,
+	// swapped in, the previous contents kept): production, or --force.
+	Replace bool `json:"replace,omitempty"`
 	// Artifacts are the point's volumes and dumps being restored (after
 	// --only), with what the backup recorded of each, to verify against.
 	Artifacts []RestoreArtifact `json:"artifacts"`
@@ -231,6 +234,8 @@ type RestoreArtifact struct {
 	Bytes      int64             `json:"bytes"`
 	// Location is where a volume is restored to.
 	Location string `json:"location,omitempty"`
+	// Previous is where a production restore kept what Location held.
+	Previous string `json:"previous,omitempty"`
 }
 
 // artifact returns the named artifact of the plan, or nil.

@@ -694,8 +694,12 @@ func (s *saga) startImports() {
 			continue
 		}
 		n++
+		kind := "directory"
+		if r.Restore.Replace {
+			kind = "replace"
+		}
 		s.newTask("import/"+a.Name, "import "+a.Name, RoleImport, events.VolumeImportRequested{
-			RunID: r.ID, Volume: a.Name, ManifestID: a.ManifestID, Repository: s.cfg.Repository, TargetKind: "directory", Target: a.Location,
+			RunID: r.ID, Volume: a.Name, ManifestID: a.ManifestID, Repository: s.cfg.Repository, TargetKind: kind, Target: a.Location,
 		}, s.cfg.ExportTimeout, s.cfg.ExportAttempts, 0)
 	}
 	r.log(s.now, "importing %d volume(s)", n)

@@ -22,6 +22,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/tidemark-dev/tidemark/events"
@@ -37,6 +38,7 @@ const (
 	SourceSnapshot  = "snapshot"
 	SourceDump      = "dump"
 	TargetDirectory = "directory"
+	TargetReplace   = "replace"
 	TargetStream    = "stream"
 )
 
@@ -263,7 +265,7 @@ func (s *Service) handleImport(ctx context.Context, ev events.Event) ([]events.E
 		return []events.Event{{Subject: ev.Subject, Data: p}}, nil
 	}
 
-	res, err := s.importVolume(ctx, ev, req)
+	res, previous, err := s.importVolume(ctx, ev, req)
 	if err != nil && ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
@@ -278,32 +280,92 @@ func (s *Service) handleImport(ctx context.Context, ev events.Event) ([]events.E
 		result = events.VolumeImported{
 			RunID: req.RunID, Volume: req.Volume, ManifestID: req.ManifestID,
 			Files: res.Files, Bytes: res.Bytes, StartedAt: res.StartedAt.UTC(), FinishedAt: res.FinishedAt.UTC(),
+			Previous: previous,
 		}
 	}
 	return s.finish(ctx, ev, s.imports, req.IdempotencyKey, result)
 }
 
-func (s *Service) importVolume(ctx context.Context, ev events.Event, req events.VolumeImportRequested) (repository.ImportResult, error) {
+func (s *Service) importVolume(ctx context.Context, ev events.Event, req events.VolumeImportRequested) (res repository.ImportResult, previous string, err error) {
 	progress := func(p repository.Progress) {
 		s.progress(ctx, ev, events.VolumeImportProgress(transfer(req.RunID, req.Volume, p)))
 	}
 	switch req.TargetKind {
 	case TargetDirectory:
 		if req.Target == "" {
-			return repository.ImportResult{}, fmt.Errorf("%w: import needs a target directory", repository.ErrInvalidRequest)
+			return res, "", fmt.Errorf("%w: import needs a target directory", repository.ErrInvalidRequest)
 		}
 		// 0755 like mkdir -p: the restored tree then gets the modes and
 		// owners the backup recorded, and the application's own account
 		// (not root) must be able to reach it through the parents made here.
 		if err := os.MkdirAll(req.Target, 0o755); err != nil {
-			return repository.ImportResult{}, fmt.Errorf("import target: %w", err)
+			return res, "", fmt.Errorf("import target: %w", err)
 		}
-		return s.cfg.Repository.ImportDir(ctx, string(req.ManifestID), req.Target, progress)
+		res, err = s.cfg.Repository.ImportDir(ctx, string(req.ManifestID), req.Target, progress)
+		return res, "", err
+	case TargetReplace:
+		return s.replaceDir(ctx, req, progress)
 	case TargetStream:
-		return s.importStream(ctx, req, progress)
+		res, err = s.importStream(ctx, req, progress)
+		return res, "", err
 	default:
-		return repository.ImportResult{}, fmt.Errorf("%w: target kind %q", ErrUnsupported, req.TargetKind)
+		return res, "", fmt.Errorf("%w: target kind %q", ErrUnsupported, req.TargetKind)
 	}
+}
+
+// replaceDir restores into a directory beside the target, verifies it,
+// and only then swaps it in; the target's previous contents are renamed,
+// not deleted, so a restore that turns out wrong loses nothing. A
+// redelivered request finds the previous contents already kept and
+// replaces only its own earlier copy.
+func (s *Service) replaceDir(ctx context.Context, req events.VolumeImportRequested, progress func(repository.Progress)) (repository.ImportResult, string, error) {
+	var res repository.ImportResult
+	target := filepath.Clean(req.Target)
+	if req.Target == "" || !filepath.IsAbs(target) || target == "/" {
+		return res, "", fmt.Errorf("%w: a replacing import needs an absolute directory, not %q", repository.ErrInvalidRequest, req.Target)
+	}
+	if fi, err := os.Stat(target); err == nil && !fi.IsDir() {
+		return res, "", fmt.Errorf("%w: %s is not a directory", repository.ErrInvalidRequest, target)
+	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return res, "", fmt.Errorf("import target: %w", err)
+	}
+	tag := string(req.RunID)
+	if len(tag) > 8 {
+		tag = tag[:8]
+	}
+	staging := target + ".tidemark-restore-" + tag
+	previous := target + ".tidemark-previous-" + tag
+	if err := os.RemoveAll(staging); err != nil {
+		return res, "", fmt.Errorf("clearing %s from an earlier attempt: %w", staging, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return res, "", fmt.Errorf("import target: %w", err)
+	}
+	res, err := s.cfg.Repository.ImportDir(ctx, string(req.ManifestID), staging, progress)
+	if err != nil {
+		_ = os.RemoveAll(staging)
+		return res, "", err
+	}
+	switch _, err := os.Lstat(previous); {
+	case err == nil:
+		// Kept by an earlier attempt of this run: what is at target now is
+		// that attempt's restored copy.
+		if err := os.RemoveAll(target); err != nil {
+			return res, "", fmt.Errorf("replacing an earlier attempt's copy at %s: %w", target, err)
+		}
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.Rename(target, previous); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return res, "", fmt.Errorf("keeping the previous contents of %s: %w", target, err)
+		} else if err != nil {
+			previous = ""
+		}
+	default:
+		return res, "", err
+	}
+	if err := os.Rename(staging, target); err != nil {
+		return res, "", fmt.Errorf("swapping the restored copy into %s: %w (the previous contents are at %s)", target, err, previous)
+	}
+	return res, previous, nil
 }
 
 // importStream puts a dump back into the dumps bucket, under

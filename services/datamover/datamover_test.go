@@ -168,6 +168,50 @@ func TestExportAndImportThroughTheBus(t *testing.T) {
 	h.env.WaitFor(t, 5*time.Second, "volume.import.progress", fact(func(p events.VolumeImportProgress) bool {
 		return p.RunID == "restore-1" && p.BytesDone == wantBytes && p.BytesTotal == wantBytes
 	}))
+
+	// In place: the restored copy replaces the directory's contents only
+	// once it is complete and verified; the previous contents are kept.
+	if err := os.WriteFile(filepath.Join(target, "written-after-the-backup"), []byte("later"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	replace := func(key string) events.VolumeImported {
+		ev := events.New("tidemark/test", "shop/postgres", events.VolumeImportRequested{
+			RunID: "restore-prod-1", Volume: "data", ManifestID: exp.ManifestID, Repository: "default",
+			TargetKind: TargetReplace, Target: target, IdempotencyKey: key,
+		}, time.Now())
+		ev.CorrelationID = "restore-prod-1"
+		h.env.Publish(t, ev)
+		got := h.env.WaitFor(t, 30*time.Second, "volume.imported "+key, func(e events.Event) bool {
+			p, ok := events.As[events.VolumeImported](e)
+			return ok && !seen[e.ID] && p.RunID == "restore-prod-1" && p.Previous != ""
+		})
+		seen[got.ID] = true
+		p, _ := events.As[events.VolumeImported](got)
+		return p
+	}
+	first := replace("restore-prod-1:data")
+	if _, err := os.Stat(filepath.Join(target, "written-after-the-backup")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the replaced directory still has a file the backup did not: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(first.Previous, "written-after-the-backup")); err != nil || string(b) != "later" {
+		t.Errorf("the previous contents were not kept at %s: %q %v", first.Previous, b, err)
+	}
+	// A second attempt of the same run (a redelivery after a crash) must
+	// not take the first attempt's copy for the previous contents.
+	second := replace("restore-prod-1:data:retry")
+	if second.Previous != first.Previous {
+		t.Errorf("retry kept the previous contents at %s, first at %s", second.Previous, first.Previous)
+	}
+	if b, err := os.ReadFile(filepath.Join(first.Previous, "written-after-the-backup")); err != nil || string(b) != "later" {
+		t.Errorf("a retry overwrote the kept previous contents: %q %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(target, "base", "16384")); err != nil {
+		t.Errorf("after the retry the restored copy is not in place: %v", err)
+	}
+	if leftovers, _ := filepath.Glob(target + ".tidemark-restore-*"); len(leftovers) > 0 {
+		t.Errorf("staging directories left behind: %v", leftovers)
+	}
 }
 
 func TestExportFailures(t *testing.T) {

@@ -102,6 +102,22 @@ func (s *Server) PostgresDSN(db string) string {
 	return u.String()
 }
 
+// PID is the server process's id, 0 when it is not running.
+func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil || s.proc.cmd.Process == nil {
+		return 0
+	}
+	return s.proc.cmd.Process.Pid
+}
+
+// StartCommand is the command line that starts this server as it runs now
+// (same data directory, socket and port): for tests whose blueprints stop
+// and start the server themselves. A server started with it is not managed
+// by this package.
+func (s *Server) StartCommand() []string { return s.argv(s.Port) }
+
 // LogPath is the server's log file (its stdout and stderr).
 func (s *Server) LogPath() string { return s.logPath }
 
