@@ -15,7 +15,14 @@ const (
 	MethodReflink = "reflink"
 	MethodCopy    = "copy"
 	MethodCSI     = "csi"
+	// MethodLive: nothing was snapshotted (the volume's storage cannot
+	// be); the data mover reads the live volume while the application is
+	// held quiesced. Consistency says so.
+	MethodLive = "live"
 )
+
+// ConsistencyLive is the Consistency of a MethodLive snapshot.
+const ConsistencyLive = "live volume read while quiesced"
 
 // Snapshot is one taken (or abandoned) volume snapshot.
 type Snapshot struct {
@@ -25,8 +32,11 @@ type Snapshot struct {
 	// Path is where the snapshot's data can be read (mounted) by a data
 	// mover, on platforms where it is a path.
 	Path string
-	// Method is MethodReflink, MethodCopy or MethodCSI.
+	// Method is MethodReflink, MethodCopy, MethodCSI or MethodLive.
 	Method string
+	// Consistency, when set, qualifies what the snapshot holds for the
+	// restore point (ConsistencyLive); empty means a point-in-time copy.
+	Consistency string
 	// Bytes is the apparent size of the volume's file data.
 	Bytes     int64
 	Duration  time.Duration

@@ -73,44 +73,108 @@ func (p *Platform) resourceFor(obj *unstructured.Unstructured, namespace string)
 	return p.c.Dynamic.Resource(m.Resource).Namespace(obj.GetNamespace()), nil
 }
 
-// waitField polls the object until w's field equals w.Value, fails at once
-// on one of w.FailValues, and gives up when ctx ends.
+// waitField polls the object until w's condition holds, fails at once on
+// its failure condition, and gives up when ctx ends.
 func (p *Platform) waitField(ctx context.Context, ri dynamic.ResourceInterface, obj *unstructured.Unstructured, w ApplyWait) (*unstructured.Unstructured, error) {
 	interval := w.Interval.Std()
 	if interval <= 0 {
 		interval = p.pollInterval
 	}
+	cond, err := newWaitCondition(w)
+	if err != nil {
+		return nil, err
+	}
 	name := obj.GetName()
 	last := "(not set)"
 	for {
-		v, found, err := evalJSONPath(w.JSONPath, obj.Object)
+		done, failed, seen, err := cond(obj.Object)
 		if err != nil {
-			return nil, fmt.Errorf("%w: apply.wait.jsonPath: %v", ErrInvalidSpec, err)
+			return nil, fmt.Errorf("%w: %v", ErrInvalidSpec, err)
 		}
-		if found {
-			last = fmt.Sprintf("%q", v)
-			if v == w.Value {
-				return obj, nil
-			}
-			if slices.Contains(w.FailValues, v) {
-				return nil, fmt.Errorf("%w: %s %s has %s = %q (apply.wait.failValues)%s", ErrConditionFailed, obj.GetKind(), objectName(obj), w.JSONPath, v, statusHint(obj))
-			}
+		if seen != "" {
+			last = seen
+		}
+		if done {
+			return obj, nil
+		}
+		if failed != "" {
+			return nil, fmt.Errorf("%w: %s %s has %s%s", ErrConditionFailed, obj.GetKind(), objectName(obj), failed, statusHint(obj))
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w waiting for %s %s to have %s = %q (last seen: %s); raise the step's timeout if the operator is slow",
-				ErrTimeout, obj.GetKind(), objectName(obj), w.JSONPath, w.Value, last)
+			return nil, fmt.Errorf("%w waiting for %s %s to have %s (last seen: %s); raise the step's timeout if the operator is slow",
+				ErrTimeout, obj.GetKind(), objectName(obj), describeWait(w), last)
 		case <-time.After(interval):
 		}
 		next, err := ri.Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
-			if ctx.Err() != nil {
+			if endingWith(ctx, err) {
 				continue // report the timeout, not the cancelled read
 			}
 			return nil, fmt.Errorf("reading %s %s: %w", obj.GetKind(), objectName(obj), err)
 		}
 		obj = next
 	}
+}
+
+// waitCondition reports whether an object meets the wait (done), meets
+// its failure condition (failed, saying which), and what was seen, for
+// the timeout message.
+type waitCondition func(obj map[string]any) (done bool, failed, seen string, err error)
+
+func newWaitCondition(w ApplyWait) (waitCondition, error) {
+	if w.CEL == "" {
+		return func(obj map[string]any) (bool, string, string, error) {
+			v, found, err := evalJSONPath(w.JSONPath, obj)
+			if err != nil || !found {
+				return false, "", "", err
+			}
+			if v == w.Value {
+				return true, "", "", nil
+			}
+			if slices.Contains(w.FailValues, v) {
+				return false, fmt.Sprintf("%s = %q (apply.wait.failValues)", w.JSONPath, v), "", nil
+			}
+			return false, "", fmt.Sprintf("%q", v), nil
+		}, nil
+	}
+	ok, err := compileCEL(w.CEL)
+	if err != nil {
+		return nil, fmt.Errorf("apply.wait.cel: %v", err)
+	}
+	var fail *celCondition
+	if w.FailCEL != "" {
+		if fail, err = compileCEL(w.FailCEL); err != nil {
+			return nil, fmt.Errorf("apply.wait.failCEL: %v", err)
+		}
+	}
+	return func(obj map[string]any) (bool, string, string, error) {
+		if fail != nil {
+			failed, _, err := fail.eval(obj)
+			if err != nil {
+				return false, "", "", fmt.Errorf("apply.wait.failCEL: %v", err)
+			}
+			if failed {
+				return false, fmt.Sprintf("failCEL %q true (apply.wait.failCEL)", w.FailCEL), "", nil
+			}
+		}
+		done, pending, err := ok.eval(obj)
+		if err != nil {
+			return false, "", "", fmt.Errorf("apply.wait.cel: %v", err)
+		}
+		seen := "false"
+		if pending != "" {
+			seen = pending
+		}
+		return done, "", seen, nil
+	}, nil
+}
+
+func describeWait(w ApplyWait) string {
+	if w.CEL != "" {
+		return fmt.Sprintf("cel %q true", w.CEL)
+	}
+	return fmt.Sprintf("%s = %q", w.JSONPath, w.Value)
 }
 
 // statusHint quotes an object's status.error or status.message, where

@@ -67,16 +67,28 @@ type ApplySpec struct {
 	Wait *ApplyWait `json:"wait,omitempty"`
 }
 
-// ApplyWait is the condition an apply step waits for, within the step's timeout.
+// ApplyWait is the condition an apply step waits for, within the step's
+// timeout: a field's value (jsonPath and value) or a CEL expression over
+// the object (cel), exactly one of them.
+//
+//	wait: {jsonPath: "{.status.state}", value: ready, failValues: [error]}
+//	wait: {cel: 'object.status.state == "ready" && object.status.destination != ""',
+//	       failCEL: 'object.status.state in ["error", "failed"]'}
 type ApplyWait struct {
 	// JSONPath selects the field ("{.status.state}").
-	JSONPath string `json:"jsonPath"`
+	JSONPath string `json:"jsonPath,omitempty"`
 	// Value is what the field must equal for the wait to be over.
-	Value string `json:"value"`
+	Value string `json:"value,omitempty"`
 	// FailValues end the wait at once with a failure (the operator reports
 	// that its backup failed): no point waiting out the timeout.
-	FailValues []string        `json:"failValues,omitempty"`
-	Interval   events.Duration `json:"interval,omitempty"`
+	FailValues []string `json:"failValues,omitempty"`
+	// CEL is an expression over the object (named object) that is true
+	// when the wait is over. A field it reads that is not there yet
+	// (has(object.status) is false) means "not yet".
+	CEL string `json:"cel,omitempty"`
+	// FailCEL, when true, ends the wait at once with a failure.
+	FailCEL  string          `json:"failCEL,omitempty"`
+	Interval events.Duration `json:"interval,omitempty"`
 }
 
 func init() {
@@ -89,7 +101,7 @@ func init() {
 	})
 	blueprint.Register(blueprint.Kind{
 		Name:    KindApply,
-		Doc:     "create or update an object from a templated manifest, wait for a field's value, output fields by JSONPath",
+		Doc:     "create or update an object from a templated manifest, wait for a field's value (JSONPath) or a CEL condition, output fields by JSONPath",
 		NewSpec: func() any { return new(ApplySpec) },
 		Check:   func(s any) []blueprint.Problem { return checkApply(s.(*ApplySpec)) },
 		Outputs: func(s any) []string {
@@ -151,19 +163,53 @@ func checkApply(s *ApplySpec) []blueprint.Problem {
 		}
 	}
 	if w := s.Wait; w != nil {
-		if w.JSONPath == "" {
-			ps = append(ps, blueprint.Problem{Field: "wait.jsonPath", Message: "is empty", Hint: `select the field to wait on, such as "{.status.state}"`})
-		} else if p := checkJSONPath(w.JSONPath); p != "" {
-			ps = append(ps, blueprint.Problem{Field: "wait.jsonPath", Message: p, Hint: `write a JSONPath in braces, such as "{.status.state}"`})
-		}
-		if w.Value == "" {
-			ps = append(ps, blueprint.Problem{Field: "wait.value", Message: "is empty", Hint: "give the value the field must reach, such as ready"})
-		}
+		ps = append(ps, checkWaitCondition(w)...)
 		if w.Interval < 0 {
 			ps = append(ps, blueprint.Problem{Field: "wait.interval", Message: "is negative", Hint: `use a positive duration such as "2s"`})
 		}
 	}
 	return ps
+}
+
+func checkWaitCondition(w *ApplyWait) []blueprint.Problem {
+	var ps []blueprint.Problem
+	switch {
+	case w.JSONPath == "" && w.CEL == "":
+		return []blueprint.Problem{{Field: "wait", Message: "has no condition",
+			Hint: `give jsonPath and value ({jsonPath: "{.status.state}", value: ready}) or cel ({cel: 'object.status.state == "ready"'})`}}
+	case w.JSONPath != "" && w.CEL != "":
+		return []blueprint.Problem{{Field: "wait", Message: "has both jsonPath and cel", Hint: "keep one of them"}}
+	case w.CEL != "":
+		if w.Value != "" || len(w.FailValues) > 0 {
+			ps = append(ps, blueprint.Problem{Field: "wait.value", Message: "is set with cel", Hint: "value and failValues go with jsonPath; with cel, write the comparison in the expression and failures in failCEL"})
+		}
+		if p := checkCEL(w.CEL); p != "" {
+			ps = append(ps, blueprint.Problem{Field: "wait.cel", Message: p, Hint: `write a CEL expression over object that yields a bool, such as 'has(object.status) && object.status.state == "ready"'`})
+		}
+	default:
+		if p := checkJSONPath(w.JSONPath); p != "" {
+			ps = append(ps, blueprint.Problem{Field: "wait.jsonPath", Message: p, Hint: `write a JSONPath in braces, such as "{.status.state}"`})
+		}
+		if w.Value == "" {
+			ps = append(ps, blueprint.Problem{Field: "wait.value", Message: "is empty", Hint: "give the value the field must reach, such as ready"})
+		}
+	}
+	if w.FailCEL != "" {
+		if p := checkCEL(w.FailCEL); p != "" {
+			ps = append(ps, blueprint.Problem{Field: "wait.failCEL", Message: p, Hint: `write a CEL expression over object that yields a bool, such as 'object.status.state == "error"'`})
+		}
+	}
+	return ps
+}
+
+func checkCEL(expr string) string {
+	if blueprint.IsTemplate(expr) {
+		return ""
+	}
+	if _, err := compileCEL(expr); err != nil {
+		return err.Error()
+	}
+	return ""
 }
 
 func checkJSONPath(expr string) string {

@@ -14,8 +14,10 @@
 package kube
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
@@ -111,4 +113,12 @@ func NewClients(cfg *rest.Config) (*Clients, error) {
 		Mapper:    restmapper.NewDeferredDiscoveryRESTMapper(disc),
 		Snapshots: snaps,
 	}, nil
+}
+
+// endingWith reports whether a read failed because ctx is ending: it
+// ended, or client-go's rate limiter refused to wait past its deadline
+// ("would exceed context deadline") just before it. A wait then reports
+// its timeout, with what it last saw, rather than the failed read.
+func endingWith(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || strings.Contains(err.Error(), "would exceed context deadline")
 }

@@ -106,7 +106,7 @@ func (p *Platform) waitScaled(ctx context.Context, kind, ns, name string, want i
 	for {
 		done, state, err := p.scaled(ctx, kind, ns, name, want)
 		switch {
-		case err != nil && ctx.Err() == nil:
+		case err != nil && !endingWith(ctx, err):
 			return err
 		case err == nil && done:
 			return nil

@@ -38,6 +38,9 @@ type Snapshotter struct {
 	Namespace string
 	// ReadyTimeout bounds the wait for readyToUse (DefaultReadyTimeout).
 	ReadyTimeout time.Duration
+	// RequireCSI makes a volume without a VolumeSnapshotClass an error
+	// (ErrNoSnapshotClass) instead of a live snapshot.
+	RequireCSI bool
 
 	mu     sync.Mutex
 	taking map[string]bool // "ns/name" of snapshots this process is taking
@@ -50,6 +53,12 @@ var _ platform.Snapshotter = (*Snapshotter)(nil)
 // driver allows), then waited on. Any failure deletes every snapshot of the
 // call. A snapshot whose status reports an error fails the call with that
 // error's message.
+//
+// A volume whose storage has no VolumeSnapshotClass (no class for its CSI
+// driver, or not a CSI volume) is not an error unless RequireCSI: its
+// snapshot is MethodLive with Consistency ConsistencyLive and id
+// LiveSnapshotID, and the mover reads the PVC itself while the
+// application stays quiesced.
 func (s *Snapshotter) Snapshot(ctx context.Context, run events.RunID, volumes []events.VolumeRef) ([]platform.Snapshot, error) {
 	if len(volumes) == 0 {
 		return nil, fmt.Errorf("%w: no volumes to snapshot", platform.ErrInvalidVolume)
@@ -59,7 +68,9 @@ func (s *Snapshotter) Snapshot(ctx context.Context, run events.RunID, volumes []
 		ns, pvc   string
 		class     string
 		name      string
+		live      bool
 		startedAt time.Time
+		created   int // index in created, for CSI snapshots
 	}
 	seen := map[string]bool{}
 	plan := make([]planned, 0, len(volumes))
@@ -79,6 +90,12 @@ func (s *Snapshotter) Snapshot(ctx context.Context, run events.RunID, volumes []
 			return nil, fmt.Errorf("%w: volume %q: source %q is not a PVC name or namespace/pvc", platform.ErrInvalidVolume, v.Name, v.Source)
 		}
 		class, err := s.classFor(ctx, ns, pvc)
+		if IsNoSnapshotClass(err) && !s.RequireCSI {
+			// The storage cannot be snapshotted: the mover reads the
+			// volume itself while the application stays quiesced.
+			plan = append(plan, planned{vol: v, ns: ns, pvc: pvc, live: true})
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("volume %q: %w", v.Name, err)
 		}
@@ -102,6 +119,9 @@ func (s *Snapshotter) Snapshot(ctx context.Context, run events.RunID, volumes []
 	}()
 	for i := range plan {
 		pl := &plan[i]
+		if pl.live {
+			continue
+		}
 		id := events.SnapshotID(pl.ns + "/" + pl.name)
 		s.mu.Lock()
 		if s.taking == nil {
@@ -132,6 +152,7 @@ func (s *Snapshotter) Snapshot(ctx context.Context, run events.RunID, volumes []
 			cleanup()
 			return nil, fmt.Errorf("creating VolumeSnapshot %s for volume %q (PVC %s): %w", id, pl.vol.Name, pl.pvc, err)
 		}
+		pl.created = len(created)
 		created = append(created, platform.Snapshot{ID: id, RunID: run, Volume: pl.vol.Name, Method: platform.MethodCSI})
 	}
 	timeout := s.ReadyTimeout
@@ -142,12 +163,17 @@ func (s *Snapshotter) Snapshot(ctx context.Context, run events.RunID, volumes []
 	defer cancel()
 	out := make([]platform.Snapshot, len(plan))
 	for i, pl := range plan {
+		if pl.live {
+			out[i] = platform.Snapshot{ID: LiveSnapshotID(pl.ns, pl.pvc), RunID: run, Volume: pl.vol.Name,
+				Method: platform.MethodLive, Consistency: platform.ConsistencyLive, CreatedAt: time.Now()}
+			continue
+		}
 		vs, err := s.waitReady(wctx, pl.ns, pl.name)
 		if err != nil {
 			cleanup()
 			return nil, fmt.Errorf("volume %q (PVC %s/%s): %w", pl.vol.Name, pl.ns, pl.pvc, err)
 		}
-		sn := created[i]
+		sn := created[pl.created]
 		sn.Duration = time.Since(pl.startedAt)
 		sn.CreatedAt = vs.CreationTimestamp.Time
 		if st := vs.Status; st != nil {
@@ -169,7 +195,7 @@ func (s *Snapshotter) waitReady(ctx context.Context, ns, name string) (*snapv1.V
 	for {
 		vs, err := s.Platform.c.Snapshots.SnapshotV1().VolumeSnapshots(ns).Get(ctx, name, metav1.GetOptions{})
 		switch {
-		case err != nil && ctx.Err() == nil:
+		case err != nil && !endingWith(ctx, err):
 			return nil, fmt.Errorf("reading VolumeSnapshot %s/%s: %w", ns, name, err)
 		case err == nil && vs.Status != nil:
 			st := vs.Status
@@ -241,8 +267,33 @@ func (s *Snapshotter) classFor(ctx context.Context, ns, pvcName string) (string,
 		platform.ErrInvalidVolume, ns, pvcName, driver, len(mine), strings.Join(mine, ", "), AnnotationDefaultSnapshotClass, AnnotationSnapshotClass)
 }
 
-// Delete implements platform.Snapshotter.
+// livePrefix starts the id of a live snapshot: live:namespace/pvc.
+const livePrefix = "live:"
+
+// LiveSnapshotID is the id of a live "snapshot" of a PVC: the PVC itself,
+// read by the mover while the application stays quiesced.
+func LiveSnapshotID(ns, pvc string) events.SnapshotID {
+	return events.SnapshotID(livePrefix + ns + "/" + pvc)
+}
+
+// ParseLiveSnapshotID returns the PVC of a live snapshot id.
+func ParseLiveSnapshotID(id events.SnapshotID) (ns, pvc string, ok bool) {
+	rest, isLive := strings.CutPrefix(string(id), livePrefix)
+	if !isLive {
+		return "", "", false
+	}
+	ns, pvc, ok = strings.Cut(rest, "/")
+	return ns, pvc, ok && ns != "" && pvc != "" && !strings.Contains(pvc, "/")
+}
+
+// Delete implements platform.Snapshotter. A live snapshot has nothing to delete.
 func (s *Snapshotter) Delete(ctx context.Context, id events.SnapshotID) error {
+	if strings.HasPrefix(string(id), livePrefix) {
+		if _, _, ok := ParseLiveSnapshotID(id); !ok {
+			return fmt.Errorf("%w: %q is not live:namespace/pvc", platform.ErrInvalidSnapshotID, id)
+		}
+		return nil
+	}
 	ns, name, ok := strings.Cut(string(id), "/")
 	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
 		return fmt.Errorf("%w: %q is not namespace/name", platform.ErrInvalidSnapshotID, id)

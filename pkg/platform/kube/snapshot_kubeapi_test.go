@@ -132,8 +132,10 @@ func TestSnapshotErrorIsSurfacedAndNothingIsLeft(t *testing.T) {
 		t.Errorf("%d VolumeSnapshots left: a failed call must leave none (all or nothing)", n)
 	}
 
-	// No class for the driver: a permanent error saying what to do.
+	// No class for the driver, and live reads are not allowed: a
+	// permanent error saying what to do.
 	h.boundPVC("nfs", "nfs."+driver, nil, nil)
+	s.RequireCSI = true
 	_, err = s.Snapshot(context.Background(), "run-2", []events.VolumeRef{{Name: "nfs", Source: "nfs"}})
 	if !IsNoSnapshotClass(err) || !platform.IsPermanentSnapshotError(err) || !strings.Contains(err.Error(), AnnotationSnapshotClass) {
 		t.Errorf("no class: err = %v, want ErrNoSnapshotClass, permanent, naming the override annotation", err)
@@ -141,5 +143,45 @@ func TestSnapshotErrorIsSurfacedAndNothingIsLeft(t *testing.T) {
 	_, err = s.Snapshot(context.Background(), "run-3", []events.VolumeRef{{Name: "gone", Source: "missing"}})
 	if !errors.Is(err, platform.ErrSourceNotFound) {
 		t.Errorf("missing PVC: err = %v, want ErrSourceNotFound", err)
+	}
+}
+
+// A volume whose driver has no VolumeSnapshotClass is read live while the
+// application stays quiesced, and the result says so; the others of the
+// same call are still CSI snapshots.
+func TestSnapshotFallsBackToLiveWithoutAClass(t *testing.T) {
+	h := newHarness(t)
+	driver := strings.SplitN(h.ns, "-", 2)[0] + ".csi.tidemark.test"
+	snapshotClass(t, h, "live-default", driver, true)
+	h.boundPVC("data", driver, nil, nil)
+	h.boundPVC("shared", "nfs."+driver, nil, nil)
+	kubetest.StartSnapshotStandIn(t, kubetest.Config(t))
+	s := &Snapshotter{Platform: h.p, Namespace: h.ns, ReadyTimeout: 10 * time.Second}
+
+	snaps, err := s.Snapshot(context.Background(), "run-live", []events.VolumeRef{{Name: "data", Source: "data"}, {Name: "shared", Source: "shared"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snaps) != 2 || snaps[0].Method != platform.MethodCSI || snaps[0].Consistency != "" {
+		t.Fatalf("snapshots = %+v, want data as a CSI snapshot first", snaps)
+	}
+	live := snaps[1]
+	if live.Volume != "shared" || live.Method != platform.MethodLive || live.Consistency != platform.ConsistencyLive || live.RunID != "run-live" {
+		t.Errorf("shared = %+v, want method live, consistency %q", live, platform.ConsistencyLive)
+	}
+	if ns, pvc, ok := ParseLiveSnapshotID(live.ID); !ok || ns != h.ns || pvc != "shared" {
+		t.Errorf("live id %q does not name the PVC", live.ID)
+	}
+	vss := h.volumeSnapshots(t)
+	if len(vss) != 1 || *vss[0].Spec.Source.PersistentVolumeClaimName != "data" {
+		t.Errorf("%d VolumeSnapshots, want only data's", len(vss))
+	}
+	for _, sn := range snaps {
+		if err := s.Delete(context.Background(), sn.ID); err != nil {
+			t.Errorf("Delete(%s): %v", sn.ID, err)
+		}
+	}
+	if err := s.Delete(context.Background(), "live:no-pvc"); !errors.Is(err, platform.ErrInvalidSnapshotID) {
+		t.Errorf("Delete(live:no-pvc) = %v", err)
 	}
 }
