@@ -9,7 +9,7 @@ FUZZTIME    ?= 100000x
 BENCHCOUNT  ?= 6
 BIN         := bin/tidemark
 
-.PHONY: help build demo test test-race test-kube fuzz lint bench clean
+.PHONY: help build demo test test-race test-kube cluster-up cluster-down images test-cluster fuzz lint bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,20 @@ test-race:
 test-kube: ## the Kubernetes platform against a real kube-apiserver (built once and cached; ~10 min cold)
 	$(GO) run ./tests/kube/cmd/kube-assets
 	$(GO) test -race -count=1 -timeout 10m -tags kubeapi ./pkg/platform/kube/...
+
+# A real single-node Kubernetes (tools/cluster, tests/README.md): needs root;
+# its Kubernetes programs are built once into the test cache like test-kube's.
+cluster-up: ## start the single-node test cluster (root; ~25 min cold, ~1 min warm); prints its kubeconfig
+	$(GO) run ./tools/cluster up
+
+cluster-down: ## stop what cluster-up started and undo its host changes
+	$(GO) run ./tools/cluster down
+
+images: ## build and import every image into the running test cluster (MariaDB and PostgreSQL included)
+	$(GO) run ./tools/cluster images
+
+test-cluster: ## the proof against the running test cluster: pods, CSI volumes, (group) snapshots, restores
+	$(GO) test -count=1 -timeout 15m -tags cluster -v ./tests/cluster/...
 
 fuzz: ## run each fuzz target for FUZZTIME
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/cenats

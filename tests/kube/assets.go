@@ -67,18 +67,28 @@ type program struct {
 	ldflags       string
 }
 
-func kubeProgram(name string) program {
+// kubeModule is the go.mod every k8s.io/kubernetes program is built in.
+// It is the same text for all of them, so the second and later programs
+// (kubelet, kube-controller-manager, …) reuse the first one's module
+// resolution and the Go build cache's compiled staging packages: after
+// kube-apiserver, kubelet is ~2 minutes, the scheduler seconds.
+func kubeModule() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "module tidemark-test-%s\n\ngo 1.26\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n", name, KubeVersion)
+	fmt.Fprintf(&b, "module tidemark-test-kubernetes\n\ngo 1.26\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n", KubeVersion)
 	staging := "v0." + strings.TrimPrefix(KubeVersion, "v1.")
 	for _, m := range stagingModules {
 		fmt.Fprintf(&b, "\tk8s.io/%s => k8s.io/%s %s\n", m, m, staging)
 	}
 	b.WriteString(")\n")
+	return b.String()
+}
+
+// kubeProgram is k8s.io/kubernetes/cmd/<name> at KubeVersion.
+func kubeProgram(name string) program {
 	minor := strings.Split(KubeVersion, ".")[1]
 	const v = "k8s.io/component-base/version"
 	return program{
-		name: name, version: KubeVersion, goMod: b.String(),
+		name: name, version: KubeVersion, goMod: kubeModule(),
 		pkg: "k8s.io/kubernetes/cmd/" + name,
 		// Without these the server reports v0.0.0-master, and clients that
 		// check the server version misbehave.
@@ -95,6 +105,13 @@ func etcdProgram() program {
 	}
 }
 
+// KubeBinary returns the path of k8s.io/kubernetes/cmd/<name> (kubelet,
+// kube-controller-manager, kube-scheduler, kube-proxy, kube-apiserver, …)
+// at KubeVersion, building it if it is not cached.
+func KubeBinary(name string, log func(string)) (string, error) {
+	return build(kubeProgram(name), logOrStderr(log))
+}
+
 // Assets are the paths of the built control-plane programs.
 type Assets struct {
 	APIServer, Etcd string
@@ -103,9 +120,7 @@ type Assets struct {
 // BuildAssets returns the paths of kube-apiserver and etcd, building
 // whichever is not cached yet. log receives progress lines (nil: stderr).
 func BuildAssets(log func(string)) (Assets, error) {
-	if log == nil {
-		log = func(s string) { fmt.Fprintln(os.Stderr, s) }
-	}
+	log = logOrStderr(log)
 	var a Assets
 	var err error
 	if a.Etcd, err = build(etcdProgram(), log); err != nil {
@@ -115,6 +130,13 @@ func BuildAssets(log func(string)) (Assets, error) {
 		return a, err
 	}
 	return a, nil
+}
+
+func logOrStderr(log func(string)) func(string) {
+	if log != nil {
+		return log
+	}
+	return func(s string) { fmt.Fprintln(os.Stderr, s) }
 }
 
 // CacheDir is where built programs are kept.
@@ -127,6 +149,16 @@ func CacheDir() (string, error) {
 		return "", fmt.Errorf("no cache directory (%v): set %s", err, CacheEnv)
 	}
 	return filepath.Join(base, "tidemark-test"), nil
+}
+
+// cached reports where name@version's binary is, if it is built.
+func cached(name, version string) (string, bool) {
+	cache, err := CacheDir()
+	if err != nil {
+		return "", false
+	}
+	bin := filepath.Join(cache, "bin", name+"@"+version, name)
+	return bin, isExecutable(bin)
 }
 
 func build(p program, log func(string)) (string, error) {
@@ -182,7 +214,7 @@ func build(p program, log func(string)) (string, error) {
 	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-buildvcs=false", "CGO_ENABLED=0")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	log(fmt.Sprintf("kubetest: building %s %s into %s (a cold build of kube-apiserver takes 8-11 minutes on two cores; it is cached)", p.name, p.version, bin))
+	log(fmt.Sprintf("kubetest: building %s %s into %s (cold builds take minutes on two cores; the result is cached)", p.name, p.version, bin))
 	start := time.Now()
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("building %s %s (go %s in %s): %v\n%s", p.name, p.version, strings.Join(args, " "), work, err, tail(out.String(), 3000))
