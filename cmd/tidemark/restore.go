@@ -114,7 +114,7 @@ fails.`,
 
 func watchRestore(ctx context.Context, w io.Writer, facts <-chan events.Event, requestID string, wait bool) error {
 	var run events.RunID
-	progress := map[string]time.Time{}
+	meter := newTransferMeter()
 	for {
 		var ev events.Event
 		select {
@@ -147,11 +147,9 @@ func watchRestore(ctx context.Context, w io.Writer, facts <-chan events.Event, r
 		}
 		switch p := ev.Data.(type) {
 		case events.VolumeImportProgress:
-			if last, ok := progress[p.Volume]; ok && time.Since(last) < 2*time.Second {
-				continue
+			if line := meter.line(ev.Time, p.Volume, p.BytesDone, p.BytesTotal, p.FilesDone, p.FilesTotal); line != "" {
+				fmt.Fprintf(w, "    import %s %s\n", p.Volume, line)
 			}
-			progress[p.Volume] = time.Now()
-			fmt.Fprintf(w, "    import %s %s\n", p.Volume, progressBar(p.BytesDone, p.BytesTotal, p.FilesDone, p.FilesTotal))
 		case events.VolumeImported:
 			fmt.Fprintf(w, "  ✓ restored %s: %d files, %s in %s\n", p.Volume, p.Files, humanBytes(p.Bytes), p.FinishedAt.Sub(p.StartedAt).Round(time.Millisecond))
 		case events.HookSucceeded:

@@ -173,7 +173,7 @@ func requester() string {
 // with wait, every step until the run ends.
 func watchBackup(ctx context.Context, w io.Writer, facts <-chan events.Event, requestID string, wait bool) error {
 	var run events.RunID
-	progress := map[string]time.Time{}
+	meter := newTransferMeter()
 	for {
 		var ev events.Event
 		select {
@@ -220,11 +220,9 @@ func watchBackup(ctx context.Context, w io.Writer, facts <-chan events.Event, re
 				fmt.Fprintf(w, "  ✓ snapshot %s (%s, %s, %s)\n", s.Volume, s.Method, humanBytes(s.Bytes), s.Duration.Std().Round(time.Millisecond))
 			}
 		case events.VolumeExportProgress:
-			if last, ok := progress[p.Volume]; ok && time.Since(last) < 2*time.Second {
-				continue
+			if line := meter.line(ev.Time, p.Volume, p.BytesDone, p.BytesTotal, p.FilesDone, p.FilesTotal); line != "" {
+				fmt.Fprintf(w, "    export %s %s\n", p.Volume, line)
 			}
-			progress[p.Volume] = time.Now()
-			fmt.Fprintf(w, "    export %s %s\n", p.Volume, progressBar(p.BytesDone, p.BytesTotal, p.FilesDone, p.FilesTotal))
 		case events.VolumeExported:
 			fmt.Fprintf(w, "  ✓ exported %s: %d files, %s read, %s new\n", p.Volume, p.Files, humanBytes(p.Bytes), humanBytes(p.BytesUploaded))
 		case events.BackupCompleted:
@@ -272,6 +270,45 @@ func progressBar(done, total, files, filesTotal int64) string {
 	frac := min(float64(done)/float64(total), 1)
 	n := int(frac * width)
 	return fmt.Sprintf("[%s%s] %3.0f%% %s/%s, %d/%d files", strings.Repeat("#", n), strings.Repeat(".", width-n), frac*100, humanBytes(done), humanBytes(total), files, filesTotal)
+}
+
+// transferMeter draws a volume's progress at most every two seconds, with
+// the rate since its first report and the time left at that rate. Times
+// are the events' own, so a slow terminal does not skew the rate.
+type transferMeter struct {
+	first map[string]meterSample
+	drawn map[string]time.Time
+}
+
+type meterSample struct {
+	at    time.Time
+	bytes int64
+}
+
+func newTransferMeter() *transferMeter {
+	return &transferMeter{first: map[string]meterSample{}, drawn: map[string]time.Time{}}
+}
+
+// line returns what to print for this report, or "" to stay quiet.
+func (m *transferMeter) line(at time.Time, volume string, done, total, files, filesTotal int64) string {
+	first, seen := m.first[volume]
+	if !seen {
+		m.first[volume] = meterSample{at: at, bytes: done}
+		first = m.first[volume]
+	}
+	if last, ok := m.drawn[volume]; ok && at.Sub(last) < 2*time.Second && done < total {
+		return ""
+	}
+	m.drawn[volume] = at
+	line := progressBar(done, total, files, filesTotal)
+	if elapsed := at.Sub(first.at); elapsed >= time.Second && done > first.bytes {
+		rate := float64(done-first.bytes) / elapsed.Seconds()
+		line += fmt.Sprintf(", %s/s", humanBytes(int64(rate)))
+		if total > done {
+			line += ", ETA " + time.Duration(float64(total-done)/rate*float64(time.Second)).Round(time.Second).String()
+		}
+	}
+	return line
 }
 
 func newRunsCommand() *cobra.Command {
