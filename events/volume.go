@@ -88,8 +88,12 @@ type VolumeImportRequested struct {
 	// beside it, verified, swapped in; the previous contents are kept
 	// beside it) or "stream" (Target names the hook step whose stdin
 	// receives the data).
-	TargetKind     string `json:"targetKind"`
-	Target         string `json:"target"`
+	TargetKind string `json:"targetKind"`
+	Target     string `json:"target"`
+	// Check only opens the repository and the snapshot, writing nothing:
+	// a restore's pre-flight, so a wrong password or a deleted snapshot
+	// fails the restore before any of its steps changes anything.
+	Check          bool   `json:"check,omitempty"`
 	IdempotencyKey string `json:"idempotencyKey"`
 }
 

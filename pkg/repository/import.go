@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"syscall"
 	"time"
 
@@ -41,6 +42,13 @@ func (r *Repository) ImportDir(ctx context.Context, manifestID, targetDir string
 	man, root, err := r.load(ctx, manifestID)
 	if err != nil {
 		return ImportResult{}, err
+	}
+	// Created only now, so a restore of a missing snapshot leaves no trace.
+	// 0755 like mkdir -p: the restored tree then gets the modes and owners
+	// the backup recorded, and the application's own account (not root)
+	// must be able to reach it through the parents made here.
+	if err := os.MkdirAll(targetDir, 0o755); err != nil {
+		return ImportResult{}, fmt.Errorf("restore target %s: %w", targetDir, err)
 	}
 	var c counters
 	c.bytesTotal.Store(man.Stats.TotalFileSize)
@@ -95,6 +103,25 @@ func (r *Repository) ImportDir(ctx context.Context, manifestID, targetDir string
 	res.Files = int64(st.RestoredFileCount)
 	res.Bytes = st.RestoredTotalFileSize
 	res.FinishedAt = time.Now()
+	return res, nil
+}
+
+// CheckSnapshot opens the snapshot manifestID and its root, writing
+// nothing: what a restore checks before it changes anything. It returns
+// the snapshot's file count and size as stored.
+func (r *Repository) CheckSnapshot(ctx context.Context, manifestID string) (ImportResult, error) {
+	now := time.Now()
+	man, _, err := r.load(ctx, manifestID)
+	if err != nil {
+		return ImportResult{}, err
+	}
+	res := ImportResult{ManifestID: manifestID, StartedAt: now, FinishedAt: time.Now()}
+	if sum := man.RootEntry.DirSummary; sum != nil {
+		res.Files, res.Bytes = sum.TotalFileCount, sum.TotalFileSize
+	} else {
+		// A stream snapshot's root is its one file.
+		res.Files, res.Bytes = 1, man.RootEntry.FileSize
+	}
 	return res, nil
 }
 

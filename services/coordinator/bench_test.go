@@ -3,6 +3,9 @@ package coordinator_test
 import (
 	"database/sql"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -90,4 +93,109 @@ func percentile(ds []time.Duration, p int) time.Duration {
 	slices.Sort(s)
 	i := (p*len(s)+99)/100 - 1
 	return s[max(0, min(i, len(s)-1))]
+}
+
+// BenchmarkLogicalRestore compares a logical restore through Tidemark with
+// pg_restore from a local file. A PostgreSQL database of about
+// TIDEMARK_BENCH_DUMP_MB (default 1024) MiB of hard-to-compress rows is
+// backed up with the bundled postgres-logical blueprint (pg_dump -Fc)
+// through every service; then, in TIDEMARK_BENCH_ROUNDS (default 3)
+// interleaved rounds, the baseline runs the blueprint's own pg_restore
+// command on a local copy of the same dump into a fresh database, and
+// Tidemark restores the point into another fresh database: repository →
+// data mover → dumps bucket → the hookrunner's pg_restore stdin. Reported:
+// the medians and tidemark/pg_restore as a throughput ratio (≥ 1 means
+// Tidemark is as fast). Run with -benchtime 1x.
+func BenchmarkLogicalRestore(b *testing.B) {
+	mb := 1024
+	if v := getenvInt("TIDEMARK_BENCH_DUMP_MB"); v > 0 {
+		mb = v
+	}
+	rounds := 3
+	if v := getenvInt("TIDEMARK_BENCH_ROUNDS"); v > 0 {
+		rounds = v
+	}
+	srv := dbserver.PostgreSQL(b)
+	db, err := sql.Open("pgx", srv.PostgresDSN(""))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	start := time.Now()
+	// 1 KiB rows of random hex: pg_dump's compression gains about 2×, so the
+	// rows are twice the target dump size.
+	rows := mb * 2 * 1024
+	for _, q := range []string{
+		"CREATE TABLE payload (id BIGINT PRIMARY KEY, body TEXT NOT NULL)",
+		fmt.Sprintf("INSERT INTO payload SELECT g, (SELECT string_agg(md5(random()::text || s || g), '') FROM generate_series(1, 32) s) FROM generate_series(1, %d) g", rows),
+		"CREATE INDEX payload_body ON payload (left(body, 16))",
+	} {
+		if _, err := db.Exec(q); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Logf("generated %d rows in %s", rows, time.Since(start).Round(time.Second))
+
+	b.Setenv("TIDEMARK_BENCH_PG_PASSWORD", srv.Password)
+	sys := newSystem(b)
+	sys.startAll()
+	sys.app("shop/pg-logical", "postgres-logical", nil, fmt.Sprintf(`  params: {host: "%s", port: "%d", user: "%s", database: postgres}
+  secrets:
+    password: {env: TIDEMARK_BENCH_PG_PASSWORD}
+`, srv.Host, srv.Port, srv.User))
+	run := sys.backup("shop/pg-logical")
+	rec, ok := events.As[events.RestorePointRecorded](sys.outcome(run, time.Hour))
+	if !ok {
+		b.Fatal("backup failed")
+	}
+	dumpBytes := rec.Artifacts[0].Bytes
+	b.Logf("dump: %d MiB", dumpBytes>>20)
+
+	file := filepath.Join(b.TempDir(), "database.pgdump")
+	dump := exec.Command("pg_dump", "-Fc", "--no-password", "--file", file)
+	dump.Env = append(os.Environ(), "PGHOST="+srv.Host, fmt.Sprintf("PGPORT=%d", srv.Port), "PGUSER="+srv.User, "PGDATABASE=postgres", "PGPASSWORD="+srv.Password)
+	if out, err := dump.CombinedOutput(); err != nil {
+		b.Fatalf("pg_dump: %v: %s", err, out)
+	}
+
+	fresh := func(name string) {
+		if _, err := db.Exec("DROP DATABASE IF EXISTS " + name); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := db.Exec("CREATE DATABASE " + name); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		var base, tm []time.Duration
+		for i := range rounds {
+			fresh("baseline")
+			// The blueprint's restore command, reading a local file.
+			restore := exec.Command("pg_restore", "--no-password", "--clean", "--if-exists", "--single-transaction", "--exit-on-error", "--dbname=baseline", file)
+			restore.Env = append(os.Environ(), "PGHOST="+srv.Host, fmt.Sprintf("PGPORT=%d", srv.Port), "PGUSER="+srv.User, "PGPASSWORD="+srv.Password)
+			t0 := time.Now()
+			if out, err := restore.CombinedOutput(); err != nil {
+				b.Fatalf("pg_restore: %v: %s", err, out)
+			}
+			base = append(base, time.Since(t0))
+
+			name := fmt.Sprintf("tidemark_%d", i)
+			fresh(name)
+			t0 = time.Now()
+			done := sys.restoreRequest(events.RestoreRequested{RestorePointID: rec.RestorePointID, Target: events.RestoreTarget{Mode: "new"}, Params: map[string]string{"database": name}})
+			if f, failed := events.As[events.RestoreFailed](done); failed {
+				b.Fatalf("restore failed: %s", f.Reason)
+			}
+			tm = append(tm, time.Since(t0))
+			b.Logf("round %d: pg_restore from a file %s, Tidemark %s", i+1, base[i].Round(time.Millisecond), tm[i].Round(time.Millisecond))
+		}
+		slices.Sort(base)
+		slices.Sort(tm)
+		mb, mt := base[len(base)/2], tm[len(tm)/2]
+		b.ReportMetric(mb.Seconds(), "pg_restore-s")
+		b.ReportMetric(mt.Seconds(), "tidemark-s")
+		b.ReportMetric(mb.Seconds()/mt.Seconds(), "throughput-ratio")
+		b.ReportMetric(float64(dumpBytes)/(1<<20)/mt.Seconds(), "tidemark-MiB/s")
+	}
 }

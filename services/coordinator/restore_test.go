@@ -261,6 +261,23 @@ func TestRestoreRefusesBadRequestsBeforeChangingAnything(t *testing.T) {
 		t.Errorf("relative target: %q", r)
 	}
 
+	// A point whose data is gone from the repository (deleted behind
+	// Tidemark's back) fails in the pre-flight: no directory is made.
+	if backup2, ok := events.As[events.RestorePointRecorded](sys.outcome(sys.backup(app.name), time.Minute)); !ok {
+		t.Fatal("second backup failed")
+	} else {
+		if err := sys.repo.DeleteSnapshot(t.Context(), string(backup2.Artifacts[0].ManifestID)); err != nil {
+			t.Fatal(err)
+		}
+		gone := filepath.Join(t.TempDir(), "gone")
+		if r := reason(sys.restore(backup2.RestorePointID, gone)); !strings.Contains(r, "cannot be read from the repository, so nothing was changed") {
+			t.Errorf("deleted snapshot: %q", r)
+		}
+		if _, err := os.Stat(gone); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("a restore of a deleted snapshot made its target: %v", err)
+		}
+	}
+
 	// With --force, the volume's directory in a non-empty target is
 	// replaced and its previous contents kept; other entries stay.
 	if err := os.MkdirAll(filepath.Join(busy, "data"), 0o755); err != nil {
@@ -617,6 +634,27 @@ func TestMariaDBRestoreToProduction(t *testing.T) {
 	if h := history(sys.runState(run)); !strings.Contains(h, "kept at "+previous[0]) {
 		t.Errorf("the run's history does not say where the previous contents are:\n%s", h)
 	}
+
+	t.Run("a point whose data is gone stops nothing", func(t *testing.T) {
+		rec, ok := events.As[events.RestorePointRecorded](sys.outcome(sys.backup("shop/mariadb"), 2*time.Minute))
+		if !ok {
+			t.Fatal("backup failed")
+		}
+		if err := sys.repo.DeleteSnapshot(t.Context(), string(rec.Artifacts[0].ManifestID)); err != nil {
+			t.Fatal(err)
+		}
+		done := sys.restoreRequest(events.RestoreRequested{RestorePointID: rec.RestorePointID, Target: events.RestoreTarget{Mode: "production"}, RequestedBy: "test"})
+		f, failed := events.As[events.RestoreFailed](done)
+		if !failed || !strings.Contains(f.Reason, "nothing was changed") {
+			t.Fatalf("restore ended with %s %+v, want a pre-flight failure", done.Type(), done.Data)
+		}
+		if h := history(sys.runState(f.RunID)); strings.Contains(h, "step stop") {
+			t.Errorf("the server was stopped for a restore that could not read its data:\n%s", h)
+		}
+		if n, _, err := count(); err != nil || n != 100 {
+			t.Errorf("the server answers %d rows, %v; want it untouched", n, err)
+		}
+	})
 
 	t.Run("a failure after the swap still starts the server", func(t *testing.T) {
 		bp := strings.Replace(bundled(t, "mariadb"), "      - name: start\n", `      - name: check

@@ -34,6 +34,10 @@ func (s *saga) apply(ev events.Event) {
 	case events.VolumeImported:
 		s.onVolumeImported(ev, p)
 	case events.VolumeImportFailed:
+		if t := s.r.taskByCommand(ev.CausationID); t != nil && t.Role == RoleCheck {
+			s.onFailure(ev, t.Name, fmt.Sprintf("%s of the restore point cannot be read from the repository, so nothing was changed: %s", p.Volume, p.Error), p.Permanent)
+			return
+		}
 		s.onFailure(ev, "import "+p.Volume, fmt.Sprintf("import of %s failed: %s", p.Volume, p.Error), p.Permanent)
 	case events.DeadLettered:
 		s.onDeadLettered(ev, p)
@@ -313,7 +317,7 @@ func (s *saga) onDeadLettered(ev events.Event, p events.DeadLettered) {
 		return
 	}
 	errText := fmt.Sprintf("%s was set aside after %d deliveries: %s", t.Name, p.Deliveries, p.Reason)
-	if t.Role == RoleInverse || t.Role == RoleExport || t.Role == RoleImport || t.Role == RoleCleanup {
+	if t.Role == RoleInverse || t.Role == RoleExport || t.Role == RoleImport || t.Role == RoleCheck || t.Role == RoleCleanup {
 		if s.scheduleRetry(t, errText) {
 			return
 		}
@@ -349,10 +353,10 @@ func (s *saga) tick() {
 }
 
 func (s *saga) timedOut(t *Task) {
-	service := map[string]string{RoleStep: "hookrunner", RoleInverse: "hookrunner", RoleSnapshot: "snapshotter", RoleExport: "data mover", RoleImport: "data mover", RoleCleanup: "snapshotter"}[t.Role]
+	service := map[string]string{RoleStep: "hookrunner", RoleInverse: "hookrunner", RoleSnapshot: "snapshotter", RoleExport: "data mover", RoleImport: "data mover", RoleCheck: "data mover", RoleCleanup: "snapshotter"}[t.Role]
 	errText := fmt.Sprintf("%s timed out after %s: no answer from the %s", t.Name, t.Timeout, service)
 	switch t.Role {
-	case RoleInverse, RoleExport, RoleImport, RoleCleanup:
+	case RoleInverse, RoleExport, RoleImport, RoleCheck, RoleCleanup:
 		// Safe to send again: inverses are idempotent, and an export or a
 		// deletion carries its idempotency key.
 		if s.scheduleRetry(t, errText) {
@@ -366,6 +370,12 @@ func (s *saga) onVolumeImported(ev events.Event, p events.VolumeImported) {
 	r := s.r
 	t := s.match(ev, "import "+p.Volume)
 	if t == nil || t.State != TaskSent || r.Restore == nil {
+		return
+	}
+	if t.Role == RoleCheck {
+		s.done(t, TaskSucceeded, "")
+		r.log(s.now, "checked %s: %d files, %d bytes in the repository", p.Volume, p.Files, p.Bytes)
+		s.advance()
 		return
 	}
 	a := r.Restore.artifact(p.Volume)

@@ -46,6 +46,9 @@ const (
 	StageThaw Stage = "thaw"
 	// StageExport moves every snapshot and dump into the repository.
 	StageExport Stage = "export"
+	// StageCheck opens every artifact of a restore in the repository
+	// before any step runs (a restore's pre-flight).
+	StageCheck Stage = "check"
 	// StageImport restores a restore point's volumes (a restore's barrier).
 	StageImport Stage = "import"
 	// StageRecord waits for the catalog to record the restore point.
@@ -81,6 +84,7 @@ const (
 	RoleInverse  = "inverse"
 	RoleExport   = "export"
 	RoleImport   = "import"
+	RoleCheck    = "check"
 	RoleCleanup  = "cleanup"
 	RoleRecord   = "record"
 )

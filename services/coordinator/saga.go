@@ -184,6 +184,8 @@ func (s *saga) start() {
 		}
 		s.r.log(s.now, "accepted: restore of point %s to %s %s: %v; blueprint %s, steps %v", s.r.RestorePointID, p.Target.Mode, p.Target.Name, names, s.r.Blueprint, steps)
 		s.emit(string(s.r.ID)+"/accepted", events.RestoreAccepted{RunID: s.r.ID, RestorePointID: s.r.RestorePointID, Application: s.r.Application, Target: p.Target})
+		s.startChecks()
+		return
 	} else {
 		s.r.log(s.now, "accepted: blueprint %s, steps %v, maxFreeze %s", s.r.Blueprint, steps, s.r.MaxFreeze)
 		s.emit(string(s.r.ID)+"/accepted", events.BackupAccepted{RunID: s.r.ID, Application: s.r.Application, Blueprint: s.r.Blueprint, Steps: steps})
@@ -246,6 +248,12 @@ func (s *saga) advance() {
 			}
 			s.sendStep(st, rs)
 			return
+		case StageCheck:
+			if r.inFlight(RoleCheck) {
+				return
+			}
+			r.log(s.now, "every artifact is readable in the repository")
+			r.Stage = StageSteps
 		case StageImport:
 			if r.inFlight(RoleImport) {
 				return
@@ -703,6 +711,21 @@ func (s *saga) startImports() {
 		}, s.cfg.ExportTimeout, s.cfg.ExportAttempts, 0)
 	}
 	r.log(s.now, "importing %d volume(s)", n)
+}
+
+// startChecks opens each artifact of the restore in the repository before
+// any step runs: a wrong password or a deleted snapshot then fails the
+// restore while nothing has changed (a restore to production has not yet
+// stopped the application).
+func (s *saga) startChecks() {
+	r := s.r
+	r.Stage = StageCheck
+	for _, a := range r.Restore.Artifacts {
+		s.newTask("check/"+a.Name, "check "+a.Name, RoleCheck, events.VolumeImportRequested{
+			RunID: r.ID, Volume: a.Name, ManifestID: a.ManifestID, Repository: s.cfg.Repository, TargetKind: "stream", Target: "check", Check: true,
+		}, s.cfg.CleanupTimeout, 3, 0)
+	}
+	s.advance()
 }
 
 // dumpSource prepares a restore's dump step: its artifact is first put where

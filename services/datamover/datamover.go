@@ -63,6 +63,7 @@ type Repository interface {
 	ImportDir(ctx context.Context, manifestID, targetDir string, progress func(repository.Progress)) (repository.ImportResult, error)
 	ExportStream(ctx context.Context, req repository.StreamRequest) (repository.ExportResult, error)
 	ImportStream(ctx context.Context, manifestID string, w io.Writer, progress func(repository.Progress)) (repository.ImportResult, error)
+	CheckSnapshot(ctx context.Context, manifestID string) (repository.ImportResult, error)
 }
 
 var _ Repository = (*repository.Repository)(nil)
@@ -290,16 +291,14 @@ func (s *Service) importVolume(ctx context.Context, ev events.Event, req events.
 	progress := func(p repository.Progress) {
 		s.progress(ctx, ev, events.VolumeImportProgress(transfer(req.RunID, req.Volume, p)))
 	}
+	if req.Check {
+		res, err = s.cfg.Repository.CheckSnapshot(ctx, string(req.ManifestID))
+		return res, "", err
+	}
 	switch req.TargetKind {
 	case TargetDirectory:
 		if req.Target == "" {
 			return res, "", fmt.Errorf("%w: import needs a target directory", repository.ErrInvalidRequest)
-		}
-		// 0755 like mkdir -p: the restored tree then gets the modes and
-		// owners the backup recorded, and the application's own account
-		// (not root) must be able to reach it through the parents made here.
-		if err := os.MkdirAll(req.Target, 0o755); err != nil {
-			return res, "", fmt.Errorf("import target: %w", err)
 		}
 		res, err = s.cfg.Repository.ImportDir(ctx, string(req.ManifestID), req.Target, progress)
 		return res, "", err

@@ -181,6 +181,14 @@ func (o *openOnUse) ImportStream(ctx context.Context, manifestID string, w io.Wr
 	return r.ImportStream(ctx, manifestID, w, progress)
 }
 
+func (o *openOnUse) CheckSnapshot(ctx context.Context, manifestID string) (repository.ImportResult, error) {
+	r, err := o.get(ctx)
+	if err != nil {
+		return repository.ImportResult{}, err
+	}
+	return r.CheckSnapshot(ctx, manifestID)
+}
+
 // Password returns the repository password; see repository.Password.
 func Password(value, file, generated string, log *slog.Logger) (string, error) {
 	return repository.Password(value, file, generated, log)
