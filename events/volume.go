@@ -118,6 +118,9 @@ type VolumeImported struct {
 	// Previous is where a replaced directory's previous contents were kept
 	// (targetKind replace).
 	Previous string `json:"previous,omitempty"`
+	// Checked: the request was a check; the snapshot was opened, nothing
+	// was written, and Files and Bytes are what it holds.
+	Checked bool `json:"checked,omitempty"`
 }
 
 // EventType implements Payload.

@@ -45,6 +45,8 @@ type cluster struct {
 	dirs     map[string]string
 	appsDir  string
 	snapRoot string
+	// exportTimeout is the coordinator's --export-timeout.
+	exportTimeout string
 
 	mu    sync.Mutex
 	procs map[string]*tidemarkProcess
@@ -69,8 +71,15 @@ func freeTCPPort(t *testing.T) int {
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
+	return newClusterWith(t, "4s")
+}
+
+// newClusterWith starts every service as its own process; exportTimeout
+// bounds each export (short in the fault matrix, whose volumes are tiny).
+func newClusterWith(t *testing.T, exportTimeout string) *cluster {
+	t.Helper()
 	root := t.TempDir()
-	c := &cluster{t: t, natsPort: freeTCPPort(t), dirs: map[string]string{}, appsDir: filepath.Join(root, "apps"), procs: map[string]*tidemarkProcess{}}
+	c := &cluster{t: t, natsPort: freeTCPPort(t), dirs: map[string]string{}, appsDir: filepath.Join(root, "apps"), procs: map[string]*tidemarkProcess{}, exportTimeout: exportTimeout}
 	c.natsURL = fmt.Sprintf("nats://127.0.0.1:%d", c.natsPort)
 	for _, n := range []string{"nats", "coordinator", "hookrunner", "movers", "catalog"} {
 		c.dirs[n] = filepath.Join(root, n)
@@ -109,7 +118,7 @@ func (c *cluster) args(name string) []string {
 		return append([]string{"serve", "--services", "none", "--nats-listen", fmt.Sprintf("127.0.0.1:%d", c.natsPort), "--data-dir", c.dirs["nats"]}, common...)
 	case "coordinator":
 		return append([]string{"serve", "--services", "coordinator", "--nats-url", c.natsURL, "--instance-id", "coord", "--apps-dir", c.appsDir, "--data-dir", c.dirs["coordinator"],
-			"--step-answer-grace", "1s", "--inverse-timeout", "3s", "--export-timeout", "4s"}, common...)
+			"--step-answer-grace", "1s", "--inverse-timeout", "3s", "--export-timeout", c.exportTimeout}, common...)
 	case "hookrunner":
 		return append([]string{"serve", "--services", "hookrunner", "--nats-url", c.natsURL, "--instance-id", "hr", "--apps-dir", c.appsDir, "--data-dir", c.dirs["hookrunner"]}, common...)
 	case "snapshotter", "datamover":

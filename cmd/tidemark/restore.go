@@ -151,7 +151,14 @@ func watchRestore(ctx context.Context, w io.Writer, facts <-chan events.Event, r
 				fmt.Fprintf(w, "    import %s %s\n", p.Volume, line)
 			}
 		case events.VolumeImported:
+			if p.Checked {
+				fmt.Fprintf(w, "  ✓ %s is readable in the repository: %d files, %s\n", p.Volume, p.Files, humanBytes(p.Bytes))
+				continue
+			}
 			fmt.Fprintf(w, "  ✓ restored %s: %d files, %s in %s\n", p.Volume, p.Files, humanBytes(p.Bytes), p.FinishedAt.Sub(p.StartedAt).Round(time.Millisecond))
+			if p.Previous != "" {
+				fmt.Fprintf(w, "    its previous contents are kept at %s\n", p.Previous)
+			}
 		case events.HookSucceeded:
 			fmt.Fprintf(w, "  ✓ %s %s\n", p.Step, p.FinishedAt.Sub(p.StartedAt).Round(time.Millisecond))
 		case events.HookFailed:

@@ -281,7 +281,7 @@ func (s *Service) handleImport(ctx context.Context, ev events.Event) ([]events.E
 		result = events.VolumeImported{
 			RunID: req.RunID, Volume: req.Volume, ManifestID: req.ManifestID,
 			Files: res.Files, Bytes: res.Bytes, StartedAt: res.StartedAt.UTC(), FinishedAt: res.FinishedAt.UTC(),
-			Previous: previous,
+			Previous: previous, Checked: req.Check,
 		}
 	}
 	return s.finish(ctx, ev, s.imports, req.IdempotencyKey, result)
