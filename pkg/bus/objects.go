@@ -74,11 +74,39 @@ func (o objects) Put(ctx context.Context, name string, r io.Reader) (ObjectInfo,
 }
 
 func (o objects) Get(ctx context.Context, name string) (io.ReadCloser, error) {
-	r, err := o.os.Get(ctx, name)
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return nil, fmt.Errorf("%w: %s", ErrObjectNotFound, name)
+	// jetstream gives a context without a deadline its default API timeout
+	// (5 s) and ties the whole read to it: any stream that takes longer to
+	// consume (a dump being stored, or fed to pg_restore) would be cut off
+	// as "incomplete (canceled)". The read lives as long as the caller's
+	// context, or until Close.
+	cancel := func() {}
+	if _, ok := ctx.Deadline(); !ok {
+		ctx, cancel = context.WithDeadline(ctx, time.Now().Add(objectReadLimit))
 	}
-	return r, err
+	r, err := o.os.Get(ctx, name)
+	if err != nil {
+		cancel()
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			return nil, fmt.Errorf("%w: %s", ErrObjectNotFound, name)
+		}
+		return nil, err
+	}
+	return &objectReader{ReadCloser: r, cancel: cancel}, nil
+}
+
+// objectReadLimit bounds a read whose caller set no deadline: longer than
+// any dump takes to move, short enough that a forgotten reader is freed.
+const objectReadLimit = 7 * 24 * time.Hour
+
+type objectReader struct {
+	io.ReadCloser
+	cancel func()
+}
+
+func (r *objectReader) Close() error {
+	err := r.ReadCloser.Close()
+	r.cancel()
+	return err
 }
 
 func (o objects) Delete(ctx context.Context, name string) error {
