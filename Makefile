@@ -29,7 +29,7 @@ test-race:
 # into the test cache (tests/README.md); a cold build takes ~10 minutes.
 test-kube: ## the Kubernetes platform against a real kube-apiserver (built once and cached; ~10 min cold)
 	$(GO) run ./tests/kube/cmd/kube-assets
-	$(GO) test -race -count=1 -timeout 10m -tags kubeapi ./pkg/platform/kube/...
+	$(GO) test -race -count=1 -timeout 10m -tags kubeapi ./pkg/platform/kube/... ./tests/deploy/...
 
 # A real single-node Kubernetes (tools/cluster, tests/README.md): needs root;
 # its Kubernetes programs are built once into the test cache like test-kube's.

@@ -68,10 +68,9 @@ the demo runs as root with apt-get, it installs postgresql-15 (unless
 // demoFacts keeps the facts the summary needs while passing every fact on
 // to the progress display.
 type demoFacts struct {
-	mu       sync.Mutex
-	all      []events.Event
-	forward  chan events.Event
-	consumed int
+	mu      sync.Mutex
+	all     []events.Event
+	forward chan events.Event
 }
 
 func teeFacts(ctx context.Context, in <-chan events.Event) *demoFacts {

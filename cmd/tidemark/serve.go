@@ -30,8 +30,8 @@ import (
 	_ "github.com/tidemark-dev/tidemark/services/datamover"
 	_ "github.com/tidemark-dev/tidemark/services/hookrunner" // registers the service
 	_ "github.com/tidemark-dev/tidemark/services/snapshotter"
-	// The Kubernetes step kinds (scale, apply), so blueprints using them lint.
-	_ "github.com/tidemark-dev/tidemark/pkg/platform/kube"
+	// Also registers the Kubernetes step kinds (scale, apply), so blueprints using them lint.
+	"github.com/tidemark-dev/tidemark/pkg/platform/kube"
 )
 
 type natsOptions struct {
@@ -64,6 +64,7 @@ type serveOptions struct {
 	appsDir         string
 	snapshotMaxAge  time.Duration
 	coordinator     service.CoordinatorTuning
+	platform        string
 }
 
 func defaultDataDir() string {
@@ -118,6 +119,7 @@ exits 0.`,
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight work may finish after SIGTERM")
 	f.StringVar(&o.instanceID, "instance-id", defaultInstanceID(), "this process's id among its peers (letters, digits, _ and -); lock releases are routed by it, so keep it stable")
 	f.DurationVar(&o.snapshotMaxAge, "snapshot-max-age", 24*time.Hour, "leftover snapshots older than this are deleted when the snapshotter starts; keep it longer than your longest export")
+	f.StringVar(&o.platform, "platform", service.PlatformLocal, `where applications run: "local" (processes and directories on this host) or "kube" (the cluster of $KUBECONFIG, ~/.kube/config, or in-cluster)`)
 	f.StringVar(&o.appsDir, "apps-dir", "", "directory of Application files for the local platform (default <data-dir>/apps)")
 	f.DurationVar(&o.coordinator.AnswerGrace, "step-answer-grace", 5*time.Second, "coordinator: how long past a step's own timeout to wait for its answer before counting it lost")
 	f.DurationVar(&o.coordinator.InverseTimeout, "inverse-timeout", 30*time.Second, "coordinator: bound on each attempt of an inverse step (unlock, release)")
@@ -144,6 +146,9 @@ func (o *serveOptions) validate() error {
 	}
 	if o.dataDir == "" {
 		return errors.New("--data-dir is empty")
+	}
+	if o.platform != service.PlatformLocal && o.platform != service.PlatformKube {
+		return fmt.Errorf("--platform %q: want local or kube", o.platform)
 	}
 	if o.snapshotMaxAge < time.Hour {
 		return fmt.Errorf("--snapshot-max-age %s: keep leftover snapshots at least 1h, longer than any export", o.snapshotMaxAge)
@@ -220,7 +225,14 @@ func (o *serveOptions) run(ctx context.Context, log *slog.Logger) error {
 	if appsDir == "" {
 		appsDir = filepath.Join(o.dataDir, "apps")
 	}
-	svcs, err := service.Build(names, service.Deps{Bus: b, Logger: log, DataDir: o.dataDir, Metrics: reg, InstanceID: o.instanceID, AppsDir: appsDir, SnapshotMaxAge: o.snapshotMaxAge, Coordinator: o.coordinator})
+	deps := service.Deps{Bus: b, Logger: log, DataDir: o.dataDir, Metrics: reg, InstanceID: o.instanceID, AppsDir: appsDir, SnapshotMaxAge: o.snapshotMaxAge, Coordinator: o.coordinator, Platform: o.platform}
+	if o.platform == service.PlatformKube {
+		if deps.Kube, err = kube.NewFromEnvironment(); err != nil {
+			return fmt.Errorf("--platform kube: %w", err)
+		}
+		log.Info("kubernetes platform", "host", deps.Kube.Clients().Config.Host)
+	}
+	svcs, err := service.Build(names, deps)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tidemark-dev/tidemark/pkg/bus"
+	"github.com/tidemark-dev/tidemark/pkg/platform/kube"
 )
 
 // Service is one Tidemark service. Run blocks until ctx is done or the
@@ -42,7 +43,21 @@ type Deps struct {
 	SnapshotMaxAge time.Duration
 	// Coordinator tunes the coordinator's clocks (zero: its defaults).
 	Coordinator CoordinatorTuning
+	// Platform is where applications run: PlatformLocal (also when empty)
+	// or PlatformKube, with Kube set.
+	Platform string
+	// Kube is the Kubernetes platform, when Platform is PlatformKube.
+	Kube *kube.Platform
 }
+
+// Platforms `tidemark serve --platform` offers.
+const (
+	PlatformLocal = "local"
+	PlatformKube  = "kube"
+)
+
+// OnKube reports whether the services should use the Kubernetes platform.
+func (d Deps) OnKube() bool { return d.Platform == PlatformKube }
 
 // CoordinatorTuning bounds how long the coordinator waits for answers.
 type CoordinatorTuning struct {

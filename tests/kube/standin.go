@@ -18,7 +18,8 @@ import (
 )
 
 // The harness has an apiserver but no kube-controller-manager, no kubelet
-// and no CSI driver. Two TEST-ONLY STAND-INS play the parts the tests need
+// and no CSI driver. Three TEST-ONLY STAND-INS (the third,
+// GroupSnapshotStandIn, is in groupstandin.go) play the parts the tests need
 // of them, each doing the one thing a user would observe and nothing
 // more. Behaviour that depends on the real components (pods really
 // stopping, snapshots really cut) is covered by the real-cluster tests.
@@ -62,6 +63,9 @@ func StartSnapshotStandIn(t testing.TB, cfg *rest.Config) *SnapshotStandIn {
 		for _, vs := range l.Items {
 			if vs.Status != nil && (vs.Status.ReadyToUse != nil || vs.Status.Error != nil) {
 				continue
+			}
+			if isGroupMember(&vs) {
+				continue // GroupSnapshotStandIn's, as the real controller's group path makes them
 			}
 			st := &snapv1.VolumeSnapshotStatus{}
 			src := vs.Spec.Source.PersistentVolumeClaimName

@@ -32,6 +32,7 @@ const (
 	pauseImage    = "tidemark.local/pause:test"
 	busyboxImage  = "tidemark.local/busybox:test"
 	tidemarkImage = "tidemark.local/tidemark:test"
+	natsImage     = "tidemark.local/nats:test"
 	mariadbImage  = "tidemark.local/mariadb:test"
 	postgresImage = "tidemark.local/postgres:test"
 )
@@ -53,7 +54,22 @@ func (c *cluster) baseImages(b binaries) []image {
 		{ref: busyboxImage, key: fileKey("/bin/busybox"), rootfs: busyboxRootfs, config: v1.Config{
 			Cmd: []string{"sh"}, Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
 		}},
+		natsServerImage(b.NATS),
 	}
+}
+
+// natsServerImage is the static nats-server on an otherwise empty rootfs:
+// deploy/'s NATS StatefulSet runs it with --config.
+func natsServerImage(bin string) image {
+	return image{ref: natsImage, key: fileKey(bin), rootfs: func(dir string) error {
+		if err := copyFile(bin, filepath.Join(dir, "nats-server"), 0o755); err != nil {
+			return err
+		}
+		return minimalEtc(dir)
+	}, config: v1.Config{
+		Entrypoint:   []string{"/nats-server"},
+		ExposedPorts: map[string]struct{}{"4222/tcp": {}, "6222/tcp": {}, "8222/tcp": {}},
+	}}
 }
 
 // tidemarkImage is the static tidemark binary on an otherwise empty

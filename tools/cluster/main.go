@@ -8,7 +8,7 @@
 //	go run ./tools/cluster down     # stop exactly what up started, undo its host changes
 //	go run ./tools/cluster status   # what runs
 //	go run ./tools/cluster build    # only build (or find) the binaries
-//	go run ./tools/cluster images   # build and import every image, MariaDB and PostgreSQL included
+//	go run ./tools/cluster images   # build and import every image, NATS, MariaDB and PostgreSQL included
 //
 // Everything lives under one state directory: $TIDEMARK_CLUSTER_DIR, else
 // ~/.cache/tidemark-cluster. The Kubernetes programs are built from the Go
@@ -171,26 +171,41 @@ func (c *cluster) buildBinaries(withTidemark bool) (binaries, error) {
 	}
 	binDir := filepath.Join(cache, "bin", "tidemark-cluster")
 	for _, p := range []struct {
-		dst *string
-		pkg string
+		dst       *string
+		pkg, name string
 	}{
-		{&b.CSIDriver, "./tests/csidriver/cmd/csi-test-driver"},
-		{&b.Pause, "./tools/cluster/pause"},
-		{&b.Tidemark, "./cmd/tidemark"},
+		{&b.CSIDriver, "./tests/csidriver/cmd/csi-test-driver", "csi-test-driver"},
+		{&b.Pause, "./tools/cluster/pause", "pause"},
+		// At the version this repository's go.mod requires (the embedded
+		// server's), so the NATS of deploy/ is the one the tests run.
+		{&b.NATS, natsServerPackage, "nats-server"},
+		{&b.Tidemark, "./cmd/tidemark", "tidemark"},
 	} {
 		if p.dst == &b.Tidemark && !withTidemark {
 			continue
 		}
-		*p.dst = filepath.Join(binDir, filepath.Base(p.pkg))
-		cmd := exec.Command("go", "build", "-trimpath", "-o", *p.dst, p.pkg)
-		cmd.Dir = repo
-		// Static: the images have no libc.
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return b, fmt.Errorf("go build %s: %v\n%s", p.pkg, err, out)
+		*p.dst = filepath.Join(binDir, p.name)
+		if err := buildStatic(repo, p.pkg, *p.dst); err != nil {
+			return b, err
 		}
 	}
 	return b, nil
+}
+
+// natsServerPackage is nats-server's main package, a module go.mod
+// requires already (pkg/natsserver embeds it).
+const natsServerPackage = "github.com/nats-io/nats-server/v2"
+
+// buildStatic builds a main package of (or required by) the module in
+// repo, static: the images have no libc.
+func buildStatic(repo, pkg, dst string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-o", dst, pkg)
+	cmd.Dir = repo
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+	}
+	return nil
 }
 
 // lockDir keeps two commands from working on one cluster at once.

@@ -24,7 +24,7 @@ var hostPackages = []string{
 // binaries are the paths of every program the cluster runs.
 type binaries struct {
 	kubetest.ClusterAssets
-	CSIDriver, Pause, Tidemark string
+	CSIDriver, Pause, NATS, Tidemark string
 }
 
 func (c *cluster) up(ctx context.Context) error {

@@ -92,7 +92,8 @@ func (h *harness) apply(manifest string) {
 }
 
 // boundPVC creates a CSI PersistentVolume of driver and a PVC bound to it
-// (the binding a PV controller would make).
+// (the binding a PV controller would make: the PV's claimRef, the PVC's
+// volumeName). The PV's volume handle is its name.
 func (h *harness) boundPVC(name, driver string, labels map[string]string, annotations map[string]string) {
 	h.t.Helper()
 	ctx := context.Background()
@@ -108,6 +109,7 @@ func (h *harness) boundPVC(name, driver string, labels map[string]string, annota
 			Capacity:               corev1.ResourceList{corev1.ResourceStorage: size},
 			AccessModes:            []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 			PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: driver, VolumeHandle: pvName}},
+			ClaimRef:               &corev1.ObjectReference{Kind: "PersistentVolumeClaim", Namespace: h.ns, Name: name},
 		},
 	}, metav1.CreateOptions{})
 	if err != nil {

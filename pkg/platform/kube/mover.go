@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -111,15 +113,22 @@ func (p *Platform) WithMover(ctx context.Context, req MoverRequest, opts MoverOp
 }
 
 // StartMover creates the mover's PVC (for an export from a snapshot) and
-// pod. On error nothing it created is left.
+// pod. With WithMoverLimit it first waits for a free slot (until ctx
+// ends: ErrTimeout). On error nothing it created is left and its slot is
+// free again.
 func (p *Platform) StartMover(ctx context.Context, req MoverRequest, opts MoverOptions) (*Mover, error) {
 	pvc, pod, err := p.MoverSpec(ctx, req, opts)
 	if err != nil {
 		return nil, err
 	}
+	key := pod.Namespace + "/" + pod.Name
+	if err := p.movers.acquire(ctx, key); err != nil {
+		return nil, fmt.Errorf("mover pod %s for volume %q: %w", key, req.Volume, err)
+	}
 	m := &Mover{p: p}
 	if pvc != nil {
 		if m.PVC, err = p.c.Core.CoreV1().PersistentVolumeClaims(pvc.Namespace).Create(ctx, pvc, metav1.CreateOptions{FieldManager: FieldManager}); err != nil {
+			p.movers.release(key)
 			return nil, fmt.Errorf("creating the mover's PVC %s/%s from snapshot %s: %w", pvc.Namespace, pvc.Name, req.Snapshot, err)
 		}
 	}
@@ -127,9 +136,71 @@ func (p *Platform) StartMover(ctx context.Context, req MoverRequest, opts MoverO
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		_ = m.Cleanup(cctx)
+		p.movers.release(key)
 		return nil, fmt.Errorf("creating mover pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	return m, nil
+}
+
+// moverSlots is the Platform's bound on mover pods (WithMoverLimit): a
+// slot per pod, held from just before the pod is created until it is
+// deleted, keyed by the pod's namespace/name so any Cleanup of that pod
+// (also the crash sweep's) frees it exactly once.
+type moverSlots struct {
+	limit chan struct{} // nil: no bound
+	mu    sync.Mutex
+	held  map[string]bool
+	// waiting counts StartMover calls blocked on a full limit; the tests
+	// observe it to know a mover is held back rather than slow.
+	waiting atomic.Int32
+}
+
+func (s *moverSlots) acquire(ctx context.Context, key string) error {
+	if s.limit == nil {
+		return nil
+	}
+	s.mu.Lock()
+	if s.held[key] {
+		// The same pod again (a retried item): it holds its slot already.
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	select {
+	case s.limit <- struct{}{}:
+	default:
+		s.waiting.Add(1)
+		select {
+		case s.limit <- struct{}{}:
+			s.waiting.Add(-1)
+		case <-ctx.Done():
+			s.waiting.Add(-1)
+			return fmt.Errorf("%w waiting for a free mover slot: all %d are taken (WithMoverLimit); %v", ErrTimeout, cap(s.limit), ctx.Err())
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held == nil {
+		s.held = map[string]bool{}
+	}
+	if s.held[key] {
+		<-s.limit // raced with itself: keep one slot
+		return nil
+	}
+	s.held[key] = true
+	return nil
+}
+
+func (s *moverSlots) release(key string) {
+	if s.limit == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held[key] {
+		delete(s.held, key)
+		<-s.limit
+	}
 }
 
 // MoverSpec builds (without creating) the mover's PVC, nil when it
@@ -362,7 +433,11 @@ func (m *Mover) Cleanup(ctx context.Context) error {
 	if m.Pod != nil {
 		err := m.p.c.Core.CoreV1().Pods(m.Pod.Namespace).Delete(ctx, m.Pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))})
 		if err != nil && !apierrors.IsNotFound(err) {
+			// The slot stays taken: the pod may still run. A later
+			// Cleanup or the run's CleanupMovers frees it.
 			errs = append(errs, fmt.Errorf("deleting mover pod %s/%s: %w", m.Pod.Namespace, m.Pod.Name, err))
+		} else {
+			m.p.movers.release(m.Pod.Namespace + "/" + m.Pod.Name)
 		}
 	}
 	if m.PVC != nil {

@@ -5,8 +5,10 @@ package kube
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/tidemark-dev/tidemark/events"
 	kubetest "github.com/tidemark-dev/tidemark/tests/kube"
@@ -188,5 +191,117 @@ func TestMoverLiveExportAndImportAttachWhereTheVolumeIs(t *testing.T) {
 		if _, err := h.p.StartMover(ctx, c.req, c.opts); err == nil || !strings.Contains(err.Error(), c.field) {
 			t.Errorf("%+v: err = %v, want it to name %s", c.req, err, c.field)
 		}
+	}
+}
+
+// With WithMoverLimit(2), four movers never have more than two pods in
+// the cluster at once: the others wait for a slot, which a mover frees
+// when its pod is deleted. The pods never run (no kubelet); the test
+// holds each mover in its fn instead, and counts pods with a watch, which
+// sees every creation and deletion in the order the apiserver made them.
+func TestMoverConcurrencyLimitHolds(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	p := New(h.p.c, WithPollInterval(20*time.Millisecond), WithMoverLimit(2))
+	const movers = 4
+	for i := range movers {
+		h.boundPVC(fmt.Sprintf("vol-%d", i), "nfs.csi.tidemark.test", nil, nil)
+	}
+	w, err := p.c.Core.CoreV1().Pods(h.ns).Watch(ctx, metav1.ListOptions{LabelSelector: LabelComponent + "=" + ComponentMover})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	var (
+		mu                     sync.Mutex
+		live                   = map[string]bool{}
+		most, created, deleted int
+	)
+	go func() {
+		for ev := range w.ResultChan() {
+			pod, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			mu.Lock()
+			switch ev.Type {
+			case watch.Added:
+				live[pod.Name] = true
+				created++
+			case watch.Deleted:
+				delete(live, pod.Name)
+				deleted++
+			}
+			most = max(most, len(live))
+			mu.Unlock()
+		}
+	}()
+	podsNow := func() int {
+		l, err := p.c.Core.CoreV1().Pods(h.ns).List(ctx, metav1.ListOptions{LabelSelector: LabelComponent + "=" + ComponentMover})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(l.Items)
+	}
+
+	run := events.RunID("run-limit")
+	started := make(chan int, movers)
+	release := make([]chan struct{}, movers)
+	errs := make(chan error, movers)
+	for i := range movers {
+		release[i] = make(chan struct{})
+		go func() {
+			req := MoverRequest{Run: run, Volume: fmt.Sprintf("vol-%d", i), Direction: MoverExport, Item: fmt.Sprintf("item-%d", i), Snapshot: LiveSnapshotID(h.ns, fmt.Sprintf("vol-%d", i))}
+			errs <- p.WithMover(ctx, req, moverOpts, func(context.Context, *Mover) error {
+				started <- i
+				<-release[i]
+				return nil
+			})
+		}()
+	}
+	first, second := <-started, <-started
+	waitFor(t, "two movers waiting for a slot", func() bool { return p.movers.waiting.Load() == 2 })
+	if n := podsNow(); n != 2 {
+		t.Fatalf("%d mover pods with the limit reached, want 2", n)
+	}
+	// Waiting is bounded by its context: an ErrTimeout naming the limit, nothing created.
+	cctx, cancel := context.WithCancel(ctx)
+	go func() {
+		// Not waitFor: t.Fatal may not be called from this goroutine.
+		for p.movers.waiting.Load() != 3 && cctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		cancel()
+	}()
+	_, err = p.StartMover(cctx, MoverRequest{Run: run, Volume: "vol-0", Direction: MoverImport, Item: "item-x", Namespace: h.ns, PVC: "vol-0"}, moverOpts)
+	if !errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "mover slot") {
+		t.Errorf("StartMover with the limit reached and its context ended: %v, want ErrTimeout about the slot", err)
+	}
+
+	// One ends (its pod is deleted): exactly one waiter starts.
+	close(release[first])
+	third := <-started
+	waitFor(t, "one mover still waiting", func() bool { return p.movers.waiting.Load() == 1 })
+	if n := podsNow(); n != 2 {
+		t.Errorf("%d mover pods after one of two ended, want 2", n)
+	}
+	close(release[second])
+	close(release[third])
+	fourth := <-started
+	close(release[fourth])
+	for range movers {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	waitFor(t, "the watch to see every pod come and go", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return created == movers && deleted == movers
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if most != 2 {
+		t.Errorf("at most %d mover pods existed at once, want the limit, 2", most)
 	}
 }

@@ -14,6 +14,7 @@ import (
 type Platform struct {
 	c            *Clients
 	pollInterval time.Duration
+	movers       moverSlots
 }
 
 // Option configures a Platform.
@@ -24,6 +25,17 @@ func WithPollInterval(d time.Duration) Option {
 	return func(p *Platform) {
 		if d > 0 {
 			p.pollInterval = d
+		}
+	}
+}
+
+// WithMoverLimit bounds how many mover pods this Platform has in the
+// cluster at once (0: no bound). StartMover waits for a free slot; a slot
+// is freed when the mover's pod is deleted (Cleanup, CleanupMovers).
+func WithMoverLimit(n int) Option {
+	return func(p *Platform) {
+		if n > 0 {
+			p.movers.limit = make(chan struct{}, n)
 		}
 	}
 }

@@ -75,19 +75,9 @@ func (s *Snapshotter) Snapshot(ctx context.Context, run events.RunID, volumes []
 	seen := map[string]bool{}
 	plan := make([]planned, 0, len(volumes))
 	for _, v := range volumes {
-		if v.Name == "" {
-			return nil, fmt.Errorf("%w: a volume without a name (source %q)", platform.ErrInvalidVolume, v.Source)
-		}
-		if seen[v.Name] {
-			return nil, fmt.Errorf("%w: volume %q is listed twice", platform.ErrInvalidVolume, v.Name)
-		}
-		seen[v.Name] = true
-		ns, pvc := s.Namespace, v.Source
-		if n, c, ok := strings.Cut(v.Source, "/"); ok {
-			ns, pvc = n, c
-		}
-		if ns == "" || pvc == "" {
-			return nil, fmt.Errorf("%w: volume %q: source %q is not a PVC name or namespace/pvc", platform.ErrInvalidVolume, v.Name, v.Source)
+		ns, pvc, err := s.parseVolume(v, seen)
+		if err != nil {
+			return nil, err
 		}
 		class, err := s.classFor(ctx, ns, pvc)
 		if IsNoSnapshotClass(err) && !s.RequireCSI {
@@ -189,6 +179,26 @@ func (s *Snapshotter) Snapshot(ctx context.Context, run events.RunID, volumes []
 	return out, nil
 }
 
+// parseVolume checks a requested volume (named, not listed twice: seen)
+// and returns its PVC.
+func (s *Snapshotter) parseVolume(v events.VolumeRef, seen map[string]bool) (ns, pvc string, err error) {
+	if v.Name == "" {
+		return "", "", fmt.Errorf("%w: a volume without a name (source %q)", platform.ErrInvalidVolume, v.Source)
+	}
+	if seen[v.Name] {
+		return "", "", fmt.Errorf("%w: volume %q is listed twice", platform.ErrInvalidVolume, v.Name)
+	}
+	seen[v.Name] = true
+	ns, pvc = s.Namespace, v.Source
+	if n, c, ok := strings.Cut(v.Source, "/"); ok {
+		ns, pvc = n, c
+	}
+	if ns == "" || pvc == "" || strings.Contains(pvc, "/") {
+		return "", "", fmt.Errorf("%w: volume %q: source %q is not a PVC name or namespace/pvc", platform.ErrInvalidVolume, v.Name, v.Source)
+	}
+	return ns, pvc, nil
+}
+
 // waitReady polls a VolumeSnapshot until readyToUse, an error, or ctx ends.
 func (s *Snapshotter) waitReady(ctx context.Context, ns, name string) (*snapv1.VolumeSnapshot, error) {
 	last := "no status yet"
@@ -286,7 +296,11 @@ func ParseLiveSnapshotID(id events.SnapshotID) (ns, pvc string, ok bool) {
 	return ns, pvc, ok && ns != "" && pvc != "" && !strings.Contains(pvc, "/")
 }
 
-// Delete implements platform.Snapshotter. A live snapshot has nothing to delete.
+// Delete implements platform.Snapshotter. A live snapshot has nothing to
+// delete. Deleting a member of a VolumeGroupSnapshot (or the group's own
+// id) deletes the group and all its members: the snapshot controller keeps
+// a member until its group is deleted, and a group's snapshots are used
+// and dropped together.
 func (s *Snapshotter) Delete(ctx context.Context, id events.SnapshotID) error {
 	if strings.HasPrefix(string(id), livePrefix) {
 		if _, _, ok := ParseLiveSnapshotID(id); !ok {
@@ -294,11 +308,28 @@ func (s *Snapshotter) Delete(ctx context.Context, id events.SnapshotID) error {
 		}
 		return nil
 	}
+	if strings.HasPrefix(string(id), groupPrefix) {
+		ns, name, ok := ParseGroupSnapshotID(id)
+		if !ok {
+			return fmt.Errorf("%w: %q is not group:namespace/name", platform.ErrInvalidSnapshotID, id)
+		}
+		return s.deleteGroup(ctx, ns, name)
+	}
 	ns, name, ok := strings.Cut(string(id), "/")
 	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
 		return fmt.Errorf("%w: %q is not namespace/name", platform.ErrInvalidSnapshotID, id)
 	}
-	err := s.Platform.c.Snapshots.SnapshotV1().VolumeSnapshots(ns).Delete(ctx, name, metav1.DeleteOptions{})
+	vs, err := s.Platform.c.Snapshots.SnapshotV1().VolumeSnapshots(ns).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading VolumeSnapshot %s: %w", id, err)
+	}
+	if group, _ := groupOwner(vs); group != "" {
+		return s.deleteGroup(ctx, ns, group)
+	}
+	err = s.Platform.c.Snapshots.SnapshotV1().VolumeSnapshots(ns).Delete(ctx, name, metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("deleting VolumeSnapshot %s: %w", id, err)
 	}
@@ -306,16 +337,20 @@ func (s *Snapshotter) Delete(ctx context.Context, id events.SnapshotID) error {
 }
 
 // List implements platform.Snapshotter: every VolumeSnapshot Tidemark made
-// (in every namespace it may read), except those this process is taking.
-// One that is not readyToUse is Incomplete.
+// (in every namespace it may read), and every member of a
+// VolumeGroupSnapshot it made (or the group, while it has none), except
+// those this process is taking. One that is not readyToUse is Incomplete.
 func (s *Snapshotter) List(ctx context.Context) ([]platform.Snapshot, error) {
 	l, err := s.Platform.c.Snapshots.SnapshotV1().VolumeSnapshots(metav1.NamespaceAll).List(ctx, metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedBy})
 	if err != nil {
 		return nil, fmt.Errorf("listing VolumeSnapshots: %w", err)
 	}
+	out, err := s.listGroups(ctx)
+	if err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []platform.Snapshot
 	for _, vs := range l.Items {
 		id := vs.Namespace + "/" + vs.Name
 		if s.taking[id] {
