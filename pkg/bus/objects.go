@@ -43,6 +43,8 @@ type Objects interface {
 	// Get streams an object; the caller closes it.
 	Get(ctx context.Context, name string) (io.ReadCloser, error)
 	Delete(ctx context.Context, name string) error
+	// Stat describes an object; ErrObjectNotFound if there is none.
+	Stat(ctx context.Context, name string) (ObjectInfo, error)
 }
 
 // ObjectBucketSpec declares one object-store bucket.
@@ -107,6 +109,17 @@ func (r *objectReader) Close() error {
 	err := r.ReadCloser.Close()
 	r.cancel()
 	return err
+}
+
+func (o objects) Stat(ctx context.Context, name string) (ObjectInfo, error) {
+	info, err := o.os.GetInfo(ctx, name)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return ObjectInfo{}, fmt.Errorf("%w: %s", ErrObjectNotFound, name)
+	}
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	return ObjectInfo{Name: info.Name, Size: info.Size, Digest: info.Digest}, nil
 }
 
 func (o objects) Delete(ctx context.Context, name string) error {

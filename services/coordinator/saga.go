@@ -728,10 +728,9 @@ func (s *saga) startChecks() {
 	s.advance()
 }
 
-// dumpSource prepares a restore's dump step: its artifact is first put where
-// the hookrunner streams it from (the datamover's stream import), then the
-// step is sent with FromArtifact. It returns skip for an artifact the
-// restore leaves out (--only).
+// dumpSource prepares a restore's dump step: the datamover's stream import
+// of its artifact and the step, sent with FromArtifact, run together. It
+// returns skip for an artifact the restore leaves out (--only).
 func (s *saga) dumpSource(st *blueprint.Step, rs *blueprint.RenderedStep) (ready, skip bool) {
 	r := s.r
 	var spec blueprint.DumpSpec
@@ -744,15 +743,13 @@ func (s *saga) dumpSource(st *blueprint.Step, rs *blueprint.RenderedStep) (ready
 		r.log(s.now, "step %s skipped: artifact %s is not part of this restore", st.Name, spec.Artifact)
 		return false, true
 	}
-	imp := r.task("import/" + a.Name)
-	if imp == nil {
+	// The mover streams the artifact through a pipe that the step reads as
+	// it fills: both are sent together and run at once. One attempt only:
+	// a second writer cannot feed a reader that consumed part of the first.
+	if r.task("import/"+a.Name) == nil {
 		s.newTask("import/"+a.Name, "import "+a.Name, RoleImport, events.VolumeImportRequested{
 			RunID: r.ID, Volume: a.Name, ManifestID: a.ManifestID, Repository: s.cfg.Repository, TargetKind: "stream", Target: st.Name,
-		}, s.cfg.ExportTimeout, s.cfg.ExportAttempts, 0)
-		return false, false
-	}
-	if imp.State != TaskSucceeded {
-		return false, false
+		}, s.cfg.ExportTimeout, 1, 0)
 	}
 	spec.FromArtifact = true
 	raw, err := json.Marshal(spec)

@@ -54,7 +54,8 @@ var ErrDumpNotFound = errors.New("dump stream not found")
 
 // permanent reports whether a failed move cannot succeed on a retry.
 func permanent(err error) bool {
-	return repository.IsPermanent(err) || errors.Is(err, ErrUnsupported) || errors.Is(err, ErrSnapshotNotFound) || errors.Is(err, ErrDumpNotFound)
+	return repository.IsPermanent(err) || errors.Is(err, ErrUnsupported) || errors.Is(err, ErrSnapshotNotFound) || errors.Is(err, ErrDumpNotFound) ||
+		errors.Is(err, bus.ErrPipeAborted) || errors.Is(err, bus.ErrPipeRestarted)
 }
 
 // Repository is what a mover needs of the repository.
@@ -367,31 +368,32 @@ func (s *Service) replaceDir(ctx context.Context, req events.VolumeImportRequest
 	return res, previous, nil
 }
 
-// importStream puts a dump back into the dumps bucket, under
-// bus.DumpObject(run, artifact) with the Volume as the artifact, where the
-// restore's dump step (req.Target) streams it into its command's stdin.
+// importStream streams a dump from the repository into the pipe
+// bus.DumpObject(run, artifact) (the Volume is the artifact), from which the
+// restore's dump step (req.Target) feeds its command's stdin while this
+// still runs. A failure reaches that step through the pipe.
 func (s *Service) importStream(ctx context.Context, req events.VolumeImportRequested, progress func(repository.Progress)) (repository.ImportResult, error) {
 	name := bus.DumpObject(req.RunID, req.Volume)
 	pr, pw := io.Pipe()
 	stored := make(chan error, 1)
 	go func() {
-		_, err := s.dumps.Put(ctx, name, pr)
-		pr.CloseWithError(err) // unblock the writer if storing stops early
+		_, err := bus.WritePipe(ctx, s.dumps, name, pr)
+		pr.CloseWithError(err) // unblock the repository read if the pipe stops early
 		stored <- err
 	}()
 	res, err := s.cfg.Repository.ImportStream(ctx, string(req.ManifestID), pw, progress)
-	// A failed import must not leave a complete-looking object: the
-	// stream is cut with the error, so the object store discards it.
+	// A failed read is passed on as the stream's error, so the pipe
+	// reports it to the reader instead of ending cleanly.
 	if err != nil {
 		pw.CloseWithError(err)
 	} else {
 		pw.Close()
 	}
-	if serr := <-stored; err == nil && serr != nil {
-		err = fmt.Errorf("storing dump %s for step %q: %w", name, req.Target, serr)
+	serr := <-stored
+	if err == nil && serr != nil {
+		err = fmt.Errorf("streaming dump %s to step %q: %w", name, req.Target, serr)
 	}
 	if err != nil {
-		_ = s.dumps.Delete(context.WithoutCancel(ctx), name)
 		return repository.ImportResult{}, err
 	}
 	return res, nil

@@ -88,17 +88,45 @@ func (s *Service) runDump(ctx context.Context, req events.HookRequested, started
 	return events.HookSucceeded{RunID: req.RunID, Step: req.Step, Outputs: outputs, StartedAt: started, FinishedAt: s.cfg.Now().UTC()}
 }
 
-func (s *Service) restoreDump(ctx context.Context, req events.HookRequested, started time.Time, objects bus.Objects, name string, execSpec blueprint.ExecSpec, sec *secretFiller) events.Payload {
-	r, err := objects.Get(ctx, name)
-	if errors.Is(err, bus.ErrObjectNotFound) {
-		return failed(req, true, "step %s: artifact %s has not been imported (no object %s)", req.Step, name, name)
+// recordingReader keeps the error that ended a stream, which the command
+// reading it only sees as a short stdin.
+type recordingReader struct {
+	r   io.Reader
+	err error
+}
+
+func (r *recordingReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && r.err == nil {
+		r.err = err
 	}
-	if err != nil {
+	return n, err
+}
+
+func (s *Service) restoreDump(ctx context.Context, req events.HookRequested, started time.Time, objects bus.Objects, name string, execSpec blueprint.ExecSpec, sec *secretFiller) events.Payload {
+	// The data mover streams the artifact through a pipe while this step
+	// runs; a whole object (put there by a dump step of the same run) is
+	// read as it is.
+	var r io.ReadCloser
+	if _, err := objects.Stat(ctx, name); err == nil {
+		if r, err = objects.Get(ctx, name); err != nil {
+			return failed(req, false, "step %s: %v", req.Step, err)
+		}
+	} else if errors.Is(err, bus.ErrObjectNotFound) {
+		r = bus.ReadPipe(ctx, objects, name, s.cfg.ArtifactWait)
+	} else {
 		return failed(req, false, "step %s: %v", req.Step, err)
 	}
-	defer r.Close()
-	res, err := s.cfg.Exec.Exec(ctx, platform.ExecRequest{Spec: execSpec, Stdin: r})
+	in := &recordingReader{r: r}
+	res, err := s.cfg.Exec.Exec(ctx, platform.ExecRequest{Spec: execSpec, Stdin: in})
+	// Closing before the end tells the data mover to stop sending.
+	r.Close()
 	stderr := sec.scrub(stderrTail(res.StderrTail))
+	if in.err != nil && !errors.Is(in.err, io.EOF) {
+		// The stream broke (the mover failed, or nothing arrived): that is
+		// the cause, whatever the command made of its cut-off stdin.
+		return failed(req, false, "step %s: the artifact's stream failed: %v%s", req.Step, in.err, stderr)
+	}
 	if err != nil {
 		return failed(req, false, "step %s: %v%s", req.Step, err, stderr)
 	}

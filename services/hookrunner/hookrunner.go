@@ -39,7 +39,11 @@ type Config struct {
 	ReleaseTimeout time.Duration
 	// HoldHeartbeat is how often a held lock is reported (hook.progress).
 	HoldHeartbeat time.Duration
-	Logger        *slog.Logger
+	// ArtifactWait bounds how long a restore's dump step waits for its
+	// artifact to start arriving from the data mover (which may be busy
+	// with other work items first). Default 30 minutes.
+	ArtifactWait time.Duration
+	Logger       *slog.Logger
 	Now           func() time.Time
 }
 
@@ -81,6 +85,9 @@ func New(cfg Config, b Bus) (*Service, error) {
 	}
 	if cfg.HoldHeartbeat <= 0 {
 		cfg.HoldHeartbeat = 5 * time.Second
+	}
+	if cfg.ArtifactWait <= 0 {
+		cfg.ArtifactWait = 30 * time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

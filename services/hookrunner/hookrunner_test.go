@@ -39,7 +39,7 @@ func start(t testing.TB) *harness {
 	t.Helper()
 	env := bustest.Start(t)
 	appsDir := t.TempDir()
-	s, err := New(Config{InstanceID: instance, Apps: application.Dir(appsDir), Exec: &local.Executor{}, HoldHeartbeat: 200 * time.Millisecond}, env.Bus)
+	s, err := New(Config{InstanceID: instance, Apps: application.Dir(appsDir), Exec: &local.Executor{}, HoldHeartbeat: 200 * time.Millisecond, ArtifactWait: 2 * time.Second}, env.Bus)
 	if err != nil {
 		t.Fatal(err)
 	}

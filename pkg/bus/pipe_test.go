@@ -1,0 +1,183 @@
+package bus
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func pipeEnv(t *testing.T) Objects {
+	t.Helper()
+	old := []any{pipeChunkSize, pipeWindow}
+	pipeChunkSize, pipeWindow = 64<<10, 2
+	t.Cleanup(func() { pipeChunkSize, pipeWindow = old[0].(int), old[1].(int) })
+	env := newTestEnv(t)
+	objs, err := env.bus.ObjectStore(context.Background(), BucketDumps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
+}
+
+func exists(t *testing.T, objs Objects, name string) bool {
+	t.Helper()
+	_, err := objs.Stat(context.Background(), name)
+	if err != nil && !errors.Is(err, ErrObjectNotFound) {
+		t.Fatal(err)
+	}
+	return err == nil
+}
+
+// The reader gets the writer's bytes while the writer still writes, and
+// the bucket holds at most the window: the writer waits for the reader.
+func TestPipeStreamsWithinItsWindow(t *testing.T) {
+	objs := pipeEnv(t)
+	ctx := context.Background()
+	data := make([]byte, 1<<20+123) // 16 chunks and a bit
+	_, _ = rand.Read(data)
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := WritePipe(ctx, objs, "dumps/r1/db", bytes.NewReader(data))
+		wrote <- err
+	}()
+
+	// Nobody reads yet: the writer stops at the window.
+	for !exists(t, objs, pipeChunk("dumps/r1/db", pipeWindow-1)) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if exists(t, objs, pipeChunk("dumps/r1/db", pipeWindow)) {
+		t.Fatal("the writer went past its window with nobody reading")
+	}
+	select {
+	case err := <-wrote:
+		t.Fatalf("the writer finished with nobody reading: %v", err)
+	default:
+	}
+
+	r := ReadPipe(ctx, objs, "dumps/r1/db", time.Minute)
+	got, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, want the %d written", len(got), len(data))
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []string{pipeChunk("dumps/r1/db", 0), pipeChunk("dumps/r1/db", 16), "dumps/r1/db/end", "dumps/r1/db/writer", "dumps/r1/db/reader", "dumps/r1/db/abort"} {
+		if exists(t, objs, o) {
+			t.Errorf("%s is left in the bucket", o)
+		}
+	}
+}
+
+type failingReader struct{ left int }
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	if f.left <= 0 {
+		return 0, errors.New("repository read failed: checksum mismatch")
+	}
+	n := min(len(p), f.left)
+	f.left -= n
+	return n, nil
+}
+
+// A writer that fails makes the reader fail with its reason, not end
+// cleanly with a truncated stream.
+func TestPipeWriterFailureReachesTheReader(t *testing.T) {
+	objs := pipeEnv(t)
+	ctx := context.Background()
+	r := ReadPipe(ctx, objs, "dumps/r2/db", time.Minute)
+	defer r.Close()
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := WritePipe(ctx, objs, "dumps/r2/db", &failingReader{left: 100 << 10})
+		wrote <- err
+	}()
+	_, err := io.ReadAll(r)
+	if !errors.Is(err, ErrPipeWriterFailed) || !strings.Contains(err.Error(), "checksum mismatch") {
+		t.Fatalf("reader error = %v, want the writer's failure", err)
+	}
+	if err := <-wrote; err == nil || !strings.Contains(err.Error(), "checksum mismatch") {
+		t.Fatalf("writer error = %v", err)
+	}
+}
+
+// A reader that gives up (its command failed) stops the writer instead of
+// leaving it waiting forever for room.
+func TestPipeReaderGivingUpStopsTheWriter(t *testing.T) {
+	objs := pipeEnv(t)
+	ctx := context.Background()
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := WritePipe(ctx, objs, "dumps/r3/db", bytes.NewReader(make([]byte, 1<<20)))
+		wrote <- err
+	}()
+	r := ReadPipe(ctx, objs, "dumps/r3/db", time.Minute)
+	if _, err := io.ReadFull(r, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; !errors.Is(err, ErrPipeAborted) {
+		t.Fatalf("writer error = %v, want ErrPipeAborted", err)
+	}
+}
+
+// A second writer (a redelivered import after a crash) must not feed a
+// reader that may already have consumed part of the first attempt.
+func TestPipeRefusesASecondWriter(t *testing.T) {
+	objs := pipeEnv(t)
+	ctx := context.Background()
+	go func() { _, _ = WritePipe(ctx, objs, "dumps/r4/db", bytes.NewReader(make([]byte, 1<<20))) }()
+	for !exists(t, objs, "dumps/r4/db/writer") {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := WritePipe(ctx, objs, "dumps/r4/db", bytes.NewReader([]byte("again"))); !errors.Is(err, ErrPipeRestarted) {
+		t.Fatalf("second writer = %v, want ErrPipeRestarted", err)
+	}
+}
+
+// A reader whose artifact never starts arriving fails after startWait,
+// saying so.
+func TestPipeReaderWithoutAWriter(t *testing.T) {
+	objs := pipeEnv(t)
+	r := ReadPipe(context.Background(), objs, "dumps/r5/db", 300*time.Millisecond)
+	defer r.Close()
+	if _, err := io.ReadAll(r); err == nil || !strings.Contains(err.Error(), "has not been imported") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// A second reader (a redelivered restore step) fails at once instead of
+// waiting for chunks the first one consumed.
+func TestPipeRefusesASecondReader(t *testing.T) {
+	objs := pipeEnv(t)
+	ctx := context.Background()
+	go func() { _, _ = WritePipe(ctx, objs, "dumps/r6/db", bytes.NewReader(make([]byte, 1<<20))) }()
+	first := ReadPipe(ctx, objs, "dumps/r6/db", time.Minute)
+	if _, err := io.ReadFull(first, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	second := ReadPipe(ctx, objs, "dumps/r6/db", time.Minute)
+	if _, err := second.Read(make([]byte, 10)); !errors.Is(err, ErrPipeRestarted) {
+		t.Fatalf("second reader = %v, want ErrPipeRestarted", err)
+	}
+	second.Close()
+	// The refused reader did not stop the stream of the first.
+	if exists(t, objs, "dumps/r6/db/abort") {
+		t.Error("a refused second reader aborted the first one's stream")
+	}
+	first.Close()
+}
