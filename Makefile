@@ -9,10 +9,10 @@ FUZZTIME    ?= 100000x
 BENCHCOUNT  ?= 6
 BIN         := bin/tidemark
 
-.PHONY: help build demo test test-race test-kube cluster-up cluster-down images test-cluster fuzz lint bench clean
+.PHONY: help build demo test test-race test-kube cluster-up cluster-down images test-cluster e2e fuzz lint bench clean
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## build bin/tidemark
 	$(GO) build -o $(BIN) ./cmd/tidemark
@@ -44,6 +44,11 @@ images: ## build and import every image into the running test cluster (MariaDB a
 
 test-cluster: ## the proof against the running test cluster: pods, CSI volumes, (group) snapshots, restores
 	$(GO) test -count=1 -timeout 15m -tags cluster -v ./tests/cluster/...
+
+# Skips (saying why) when no cluster answers at the kubeconfig it finds:
+# $TIDEMARK_KUBECONFIG, else the test cluster's (tests/README.md, tests/e2e).
+e2e: ## deploy/overlays/dev on the running test cluster, then the end-to-end tests through its NATS
+	$(GO) test -count=1 -timeout 20m -tags e2e -v ./tests/e2e/...
 
 fuzz: ## run each fuzz target for FUZZTIME
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/cenats

@@ -44,7 +44,9 @@ func (SnapshotProgress) EventType() Type { return "io.tidemark.snapshot.progress
 type VolumeSnapshot struct {
 	Volume     string     `json:"volume"`
 	SnapshotID SnapshotID `json:"snapshotId"`
-	// Method is "reflink", "copy" or "csi"; a copy is not an O(1) snapshot.
+	// Method is "reflink", "copy", "csi" or "live"; a copy is not an O(1)
+	// snapshot, and live is none: the volume is read in place while the
+	// application is held quiesced.
 	Method   string   `json:"method"`
 	Bytes    int64    `json:"bytes"`
 	Duration Duration `json:"duration"`
@@ -55,6 +57,25 @@ type SnapshotReady struct {
 	RunID     RunID            `json:"runId"`
 	Step      string           `json:"step"`
 	Snapshots []VolumeSnapshot `json:"snapshots"`
+	// Group says how a request that asked for a group was carried out on
+	// a platform with group snapshots (Kubernetes). It is absent when the
+	// request did not ask for one, or when the platform's one pass over
+	// the volumes is itself the group (the local platform).
+	Group *SnapshotGrouping `json:"group,omitempty"`
+}
+
+// SnapshotGrouping is how a group request was carried out: one group
+// snapshot (SnapshotID), or one snapshot per volume (Fallback says why).
+// Exactly one of the two is set.
+type SnapshotGrouping struct {
+	// SnapshotID names the group snapshot as a whole (on Kubernetes
+	// group:namespace/name, a VolumeGroupSnapshot); the volumes' snapshots
+	// are its members.
+	SnapshotID SnapshotID `json:"snapshotId,omitempty"`
+	// Fallback says why the volumes were snapshotted one by one: each is
+	// point-in-time, but they were cut one after another, held together
+	// only by the application being quiesced.
+	Fallback string `json:"fallback,omitempty"`
 }
 
 // EventType implements Payload.

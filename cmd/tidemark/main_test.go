@@ -287,3 +287,21 @@ func TestConfigFileRejectsUnknownSettings(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// On Kubernetes every service starts before NATS has an address: serve
+// keeps dialling until NATS answers instead of exiting.
+func TestServeWaitsForNATS(t *testing.T) {
+	port := freeTCPPort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	svc := startTidemark(t, "serve", "--services", "catalog", "--nats-url", url, "--listen", "127.0.0.1:0", "--log-format", "json",
+		"--data-dir", t.TempDir(), "--instance-id", "waiter")
+	svc.logField(t, "NATS not reachable yet; retrying", "url")
+	select {
+	case err := <-svc.done:
+		t.Fatalf("serve exited while NATS was down: %v", err)
+	default:
+	}
+	startTidemark(t, "serve", "--services", "none", "--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--listen", "127.0.0.1:0",
+		"--log-format", "json", "--data-dir", t.TempDir())
+	svc.logField(t, "tidemark serving", "services")
+}

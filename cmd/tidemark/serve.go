@@ -185,7 +185,7 @@ func (o *serveOptions) run(ctx context.Context, log *slog.Logger) error {
 
 	// Infrastructure starts first and stops last: NATS, the bus, HTTP, then
 	// the services.
-	nc, stopNATS, err := o.connect(log)
+	nc, stopNATS, err := o.connect(ctx, log)
 	if err != nil {
 		return err
 	}
@@ -271,11 +271,27 @@ func (o *serveOptions) run(ctx context.Context, log *slog.Logger) error {
 
 // connect returns a NATS connection and a function that drains it (so every
 // ack reaches the server) and stops the embedded server, if any.
-func (o *serveOptions) connect(log *slog.Logger) (*nats.Conn, func(), error) {
+func (o *serveOptions) connect(ctx context.Context, log *slog.Logger) (*nats.Conn, func(), error) {
 	if o.nats.url != "" {
-		nc, err := bus.Dial(o.nats.dialConfig("tidemark serve"))
-		if err != nil {
-			return nil, nil, err
+		// On Kubernetes every service starts at once, before NATS has an
+		// address: keep trying (until stopped) rather than exit and be
+		// restarted by the kubelet with a growing back-off.
+		var nc *nats.Conn
+		var err error
+		for wait := 500 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+			if nc, err = bus.Dial(o.nats.dialConfig("tidemark serve")); err == nil {
+				break
+			}
+			var netErr net.Error
+			if !errors.Is(err, nats.ErrNoServers) && !errors.As(err, &netErr) {
+				return nil, nil, err // bad credentials or TLS files: retrying will not help
+			}
+			log.Warn("NATS not reachable yet; retrying", "url", o.nats.url, "in", wait, "err", err)
+			select {
+			case <-ctx.Done():
+				return nil, nil, err
+			case <-time.After(wait):
+			}
 		}
 		log.Info("joined external NATS", "servers", nc.Servers())
 		return nc, func() { drain(nc, log) }, nil

@@ -77,3 +77,28 @@ var (
 func IsPermanentSnapshotError(err error) bool {
 	return errors.Is(err, ErrSourceNotFound) || errors.Is(err, ErrInvalidVolume) || errors.Is(err, ErrInvalidSnapshotID)
 }
+
+// GroupSnapshotter is a Snapshotter that can also cut several volumes at
+// one instant on the storage side (on Kubernetes, a VolumeGroupSnapshot).
+// A platform whose Snapshot already holds a request's volumes together
+// (the local one: one pass while the application stays quiesced) does not
+// implement it.
+type GroupSnapshotter interface {
+	Snapshotter
+	// SnapshotGroup snapshots volumes as one group where it can, else one
+	// by one as Snapshot does, and says which in the result. All or
+	// nothing, like Snapshot.
+	SnapshotGroup(ctx context.Context, run events.RunID, volumes []events.VolumeRef) (GroupResult, error)
+}
+
+// GroupResult is how a group request was carried out.
+type GroupResult struct {
+	// Snapshots are one per requested volume, in request order.
+	Snapshots []Snapshot
+	// Group names the group snapshot as a whole, whose members the
+	// Snapshots are; empty when there was none.
+	Group events.SnapshotID
+	// Fallback, when set, says why there is no group: the volumes were
+	// snapshotted one by one.
+	Fallback string
+}

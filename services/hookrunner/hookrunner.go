@@ -44,7 +44,7 @@ type Config struct {
 	// with other work items first). Default 30 minutes.
 	ArtifactWait time.Duration
 	Logger       *slog.Logger
-	Now           func() time.Time
+	Now          func() time.Time
 }
 
 // Bus is what the hookrunner needs of the bus.

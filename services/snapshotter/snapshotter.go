@@ -5,9 +5,12 @@
 //
 // A request's volumes are always taken in one pass, in order, all or
 // nothing; on the local platform that is also what Group asks for, since
-// the application stays quiesced for the whole call. Results are kept in
-// KV by idempotency key, so a redelivered request repeats its answer
-// instead of taking new snapshots.
+// the application stays quiesced for the whole call. On a platform with
+// group snapshots (a platform.GroupSnapshotter: Kubernetes'
+// VolumeGroupSnapshot), a request with Group set is taken through it, and
+// snapshot.ready says whether it became one group snapshot or one snapshot
+// per volume, and why. Results are kept in KV by idempotency key, so a
+// redelivered request repeats its answer instead of taking new snapshots.
 package snapshotter
 
 import (
@@ -131,7 +134,7 @@ func (s *Service) handleRequest(ctx context.Context, ev events.Event) ([]events.
 		return []events.Event{{Subject: ev.Subject, Data: p}}, nil
 	}
 
-	snaps, err := s.cfg.Snapshotter.Snapshot(ctx, req.RunID, req.Volumes)
+	snaps, grouping, err := s.take(ctx, req)
 	if err != nil && ctx.Err() != nil {
 		// Shutting down mid-snapshot: nothing is left behind, so let the
 		// command be redelivered rather than record a failure.
@@ -143,8 +146,10 @@ func (s *Service) handleRequest(ctx context.Context, ev events.Event) ([]events.
 		s.cfg.Logger.Warn("snapshot failed", "run", req.RunID, "application", req.Application, "step", req.Step, "permanent", permanent, "err", err)
 		result = events.SnapshotFailed{RunID: req.RunID, Step: req.Step, Error: err.Error(), Permanent: permanent}
 	} else {
-		result = ready(req, snaps)
-		s.logTaken(req, snaps)
+		r := ready(req, snaps)
+		r.Group = grouping
+		result = r
+		s.logTaken(req, snaps, grouping)
 	}
 
 	// Snapshots taken must be recorded even if shutdown began meanwhile,
@@ -158,6 +163,31 @@ func (s *Service) handleRequest(ctx context.Context, ev events.Event) ([]events.
 	return []events.Event{{Subject: ev.Subject, Data: result}}, nil
 }
 
+// take snapshots a request's volumes: as a group where the request asks
+// for one and the platform has group snapshots, else in one pass. grouping
+// is nil unless the group method was used.
+func (s *Service) take(ctx context.Context, req events.SnapshotRequested) ([]platform.Snapshot, *events.SnapshotGrouping, error) {
+	g, ok := s.cfg.Snapshotter.(platform.GroupSnapshotter)
+	if !req.Group || !ok {
+		snaps, err := s.cfg.Snapshotter.Snapshot(ctx, req.RunID, req.Volumes)
+		return snaps, nil, err
+	}
+	res, err := g.SnapshotGroup(ctx, req.RunID, req.Volumes)
+	if err != nil {
+		return nil, nil, err
+	}
+	if res.Group != "" {
+		return res.Snapshots, &events.SnapshotGrouping{SnapshotID: res.Group}, nil
+	}
+	fallback := res.Fallback
+	if fallback == "" {
+		// A platform that took neither a group nor said why: the schema
+		// wants one of the two, and readers want to know.
+		fallback = "the platform took no group snapshot and gave no reason"
+	}
+	return res.Snapshots, &events.SnapshotGrouping{Fallback: fallback}, nil
+}
+
 func ready(req events.SnapshotRequested, snaps []platform.Snapshot) events.SnapshotReady {
 	r := events.SnapshotReady{RunID: req.RunID, Step: req.Step, Snapshots: make([]events.VolumeSnapshot, len(snaps))}
 	for i, sn := range snaps {
@@ -169,10 +199,17 @@ func ready(req events.SnapshotRequested, snaps []platform.Snapshot) events.Snaps
 	return r
 }
 
-func (s *Service) logTaken(req events.SnapshotRequested, snaps []platform.Snapshot) {
+func (s *Service) logTaken(req events.SnapshotRequested, snaps []platform.Snapshot, grouping *events.SnapshotGrouping) {
+	if grouping != nil {
+		if grouping.SnapshotID != "" {
+			s.cfg.Logger.Info("group snapshot taken", "run", req.RunID, "application", req.Application, "group", grouping.SnapshotID, "volumes", len(snaps))
+		} else {
+			s.cfg.Logger.Warn("group snapshot asked for; snapshotted per volume", "run", req.RunID, "application", req.Application, "reason", grouping.Fallback)
+		}
+	}
 	for _, sn := range snaps {
 		s.cfg.Logger.Info("snapshot taken", "run", req.RunID, "application", req.Application, "volume", sn.Volume,
-			"snapshot", sn.ID, "method", sn.Method, "bytes", sn.Bytes, "duration", sn.Duration, "group", req.Group)
+			"snapshot", sn.ID, "method", sn.Method, "consistency", sn.Consistency, "bytes", sn.Bytes, "duration", sn.Duration, "group", req.Group)
 	}
 }
 

@@ -205,6 +205,8 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 		{action{"delete", "groupsnapshot.storage.k8s.io", "volumegroupsnapshots", ""}, "snapshotter"},
 		{action{"list", "snapshot.storage.k8s.io", "volumesnapshotclasses", ""}, "snapshotter"},
 		{action{"get", "groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", ""}, "snapshotter"},
+		// The PVCs of a group snapshot carry its selector label for the call.
+		{action{"patch", "", "persistentvolumeclaims", ""}, "snapshotter"},
 		{action{"create", "", "pods", ""}, "datamover"},
 		{action{"delete", "", "pods", ""}, "datamover"},
 		{action{"create", "", "persistentvolumeclaims", ""}, "datamover"},

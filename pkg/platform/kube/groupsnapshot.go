@@ -63,18 +63,14 @@ func ParseGroupSnapshotID(id events.SnapshotID) (ns, name string, ok bool) {
 	return ns, name, ok && ns != "" && name != "" && !strings.Contains(name, "/")
 }
 
-// GroupResult is how a group request was carried out.
-type GroupResult struct {
-	// Snapshots are one per requested volume, in request order.
-	Snapshots []platform.Snapshot
-	// Group is the VolumeGroupSnapshot (GroupSnapshotID) the CSI
-	// snapshots are members of; empty when there was none.
-	Group events.SnapshotID
-	// Fallback, when set, says why there is no group: the volumes were
-	// snapshotted one VolumeSnapshot per PVC (their Consistency is
-	// ConsistencyPerVolume).
-	Fallback string
-}
+// GroupResult is how a group request was carried out: Group is the
+// VolumeGroupSnapshot (GroupSnapshotID) the CSI snapshots are members of;
+// a Fallback means one VolumeSnapshot per PVC, and each CSI snapshot's
+// Consistency is ConsistencyPerVolume.
+type GroupResult = platform.GroupResult
+
+// The snapshotter service takes group requests through this interface.
+var _ platform.GroupSnapshotter = (*Snapshotter)(nil)
 
 // groupVolume is one requested volume of a group call.
 type groupVolume struct {

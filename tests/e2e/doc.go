@@ -1,0 +1,7 @@
+// Package e2e runs Tidemark as users deploy it (deploy/overlays/dev, every
+// service its own Deployment, NATS in the cluster) on the real single-node
+// test cluster (tools/cluster) and drives it through NATS the way users
+// do. Build tag e2e; run with `make e2e` after `make cluster-up` and
+// `make images`. Without a reachable cluster every test skips, saying why.
+// tests/README.md ("tests/e2e") says what is covered and what it took.
+package e2e
