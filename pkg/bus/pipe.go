@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync/atomic"
 	"time"
 )
 
@@ -139,105 +140,143 @@ func FailPipe(ctx context.Context, objs Objects, name string, cause error) {
 // writer reports a failure, and when no data has arrived within startWait.
 // At the end the stream's size and SHA-256 are checked against the
 // writer's. Closing it before the end tells the writer to stop.
+//
+// The next chunks are fetched while the caller consumes the current one
+// (up to pipePrefetch in memory), so the consumer never waits on a fetch
+// the writer has already made possible.
 func ReadPipe(ctx context.Context, objs Objects, name string, startWait time.Duration) io.ReadCloser {
-	return &pipeReader{ctx: ctx, objs: objs, name: name, h: sha256.New(), startBy: time.Now().Add(startWait), startWait: startWait}
+	fctx, cancel := context.WithCancel(ctx)
+	return &pipeReader{
+		parent: ctx, ctx: fctx, cancel: cancel, objs: objs, name: name, h: sha256.New(),
+		startBy: time.Now().Add(startWait), startWait: startWait, items: make(chan pipeItem, pipePrefetch),
+	}
+}
+
+var pipePrefetch = 2
+
+type pipeItem struct {
+	data []byte
+	err  error // io.EOF at the verified end
 }
 
 type pipeReader struct {
-	ctx       context.Context
+	parent    context.Context
+	ctx       context.Context // the fetcher's; cancelled by Close
+	cancel    context.CancelFunc
 	objs      Objects
 	name      string
-	h         hash.Hash
-	next      int
-	size      int64
-	cur       io.ReadCloser
-	started   bool
-	claimed   bool
 	startBy   time.Time
 	startWait time.Duration
-	done      bool
+	items     chan pipeItem
+	running   bool
+	buf       []byte
 	err       error
+	finished  bool
+
+	// The fetcher's own.
+	h       hash.Hash
+	next    int
+	size    int64
+	started bool
+	claimed atomic.Bool
 }
 
 func (p *pipeReader) Read(b []byte) (int, error) {
-	for {
+	if !p.running {
+		p.running = true
+		go p.fetch()
+	}
+	for len(p.buf) == 0 {
 		if p.err != nil {
 			return 0, p.err
 		}
-		if p.cur != nil {
-			n, err := p.cur.Read(b)
-			p.h.Write(b[:n])
-			p.size += int64(n)
-			if err == io.EOF {
-				p.cur.Close()
-				p.cur = nil
-				_ = p.objs.Delete(p.ctx, pipeChunk(p.name, p.next))
-				p.next++
-				if n > 0 {
-					return n, nil
-				}
-				continue
-			}
-			if err != nil {
-				p.err = err
-			}
-			return n, err
-		}
-		if p.err = p.open(); p.err != nil {
+		item := <-p.items
+		if item.err != nil {
+			p.err = item.err
+			p.finished = item.err == io.EOF
 			return 0, p.err
 		}
-		if p.done {
-			return 0, io.EOF
+		p.buf = item.data
+	}
+	n := copy(b, p.buf)
+	p.buf = p.buf[n:]
+	return n, nil
+}
+
+// fetch reads chunks in order, deleting each once it is in memory, until
+// the end, a failure, or Close.
+func (p *pipeReader) fetch() {
+	for {
+		data, err := p.nextChunk()
+		if err != nil && p.ctx.Err() != nil {
+			return
+		}
+		select {
+		case p.items <- pipeItem{data: data, err: err}:
+		case <-p.ctx.Done():
+			return
+		}
+		if err != nil {
+			return
 		}
 	}
 }
 
-// open waits for the next chunk, the end, or the writer's failure.
-func (p *pipeReader) open() error {
-	if !p.claimed {
+// nextChunk waits for the next chunk and returns its bytes; io.EOF at the
+// writer's end once size and digest match.
+func (p *pipeReader) nextChunk() ([]byte, error) {
+	if !p.claimed.Load() {
 		// A second reader (a redelivered step) would start at a chunk the
 		// first one already consumed and deleted.
 		if _, err := p.objs.Stat(p.ctx, p.name+"/reader"); err == nil {
-			return fmt.Errorf("%w: %s is already being read by an earlier attempt, and what it consumed cannot be read again: restart the restore", ErrPipeRestarted, p.name)
+			return nil, fmt.Errorf("%w: %s is already being read by an earlier attempt, and what it consumed cannot be read again: restart the restore", ErrPipeRestarted, p.name)
 		} else if !errors.Is(err, ErrObjectNotFound) {
-			return err
+			return nil, err
 		}
 		if _, err := p.objs.Put(p.ctx, p.name+"/reader", bytes.NewReader(nil)); err != nil {
-			return err
+			return nil, err
 		}
-		p.claimed = true
+		p.claimed.Store(true)
 	}
 	for {
 		r, err := p.objs.Get(p.ctx, pipeChunk(p.name, p.next))
 		if err == nil {
-			p.cur, p.started = r, true
-			return nil
+			p.started = true
+			data, err := io.ReadAll(r)
+			r.Close()
+			if err != nil {
+				return nil, err
+			}
+			p.h.Write(data)
+			p.size += int64(len(data))
+			_ = p.objs.Delete(p.ctx, pipeChunk(p.name, p.next))
+			p.next++
+			return data, nil
 		}
 		if !errors.Is(err, ErrObjectNotFound) {
-			return err
+			return nil, err
 		}
 		if raw, err := p.readSmall(p.name + "/error"); err == nil {
-			return fmt.Errorf("%w: %s", ErrPipeWriterFailed, raw)
+			return nil, fmt.Errorf("%w: %s", ErrPipeWriterFailed, raw)
 		}
 		if raw, err := p.readSmall(p.name + "/end"); err == nil {
 			var end PipeInfo
 			if err := json.Unmarshal(raw, &end); err != nil {
-				return fmt.Errorf("bus: pipe %s: unreadable end marker: %v", p.name, err)
+				return nil, fmt.Errorf("bus: pipe %s: unreadable end marker: %v", p.name, err)
 			}
 			if end.Chunks != p.next || end.Size != p.size || end.SHA256 != hex.EncodeToString(p.h.Sum(nil)) {
-				return fmt.Errorf("bus: pipe %s: read %d bytes in %d chunks, the writer wrote %d in %d (or the content differs)", p.name, p.size, p.next, end.Size, end.Chunks)
+				return nil, fmt.Errorf("bus: pipe %s: read %d bytes in %d chunks, the writer wrote %d in %d (or the content differs)", p.name, p.size, p.next, end.Size, end.Chunks)
 			}
-			p.done = true
 			for _, o := range []string{"/end", "/writer", "/reader"} {
 				_ = p.objs.Delete(context.WithoutCancel(p.ctx), p.name+o)
 			}
-			return nil
+			return nil, io.EOF
 		}
 		if !p.started && time.Now().After(p.startBy) {
-			return fmt.Errorf("bus: nothing arrived in pipe %s within %s: the artifact has not been imported", p.name, p.startWait)
+			return nil, fmt.Errorf("bus: nothing arrived in pipe %s within %s: the artifact has not been imported", p.name, p.startWait)
 		}
 		if err := sleepCtx(p.ctx, pipePoll); err != nil {
-			return err
+			return nil, err
 		}
 	}
 }
@@ -254,15 +293,11 @@ func (p *pipeReader) readSmall(object string) ([]byte, error) {
 // Close stops reading. Before the end, the owning reader tells the writer
 // to stop.
 func (p *pipeReader) Close() error {
-	if p.cur != nil {
-		p.cur.Close()
-		p.cur = nil
-	}
+	p.cancel()
 	// Only the reader that owns the pipe may stop its writer.
-	if !p.done && p.claimed {
-		ctx := context.WithoutCancel(p.ctx)
-		_, err := p.objs.Put(ctx, p.name+"/abort", bytes.NewReader(nil))
-		p.done = true
+	if !p.finished && p.claimed.Load() {
+		p.finished = true
+		_, err := p.objs.Put(context.WithoutCancel(p.parent), p.name+"/abort", bytes.NewReader(nil))
 		return err
 	}
 	return nil

@@ -24,6 +24,17 @@ func pipeEnv(t *testing.T) Objects {
 	return objs
 }
 
+// background runs f until the returned function cancels it and waits: a
+// writer left blocked must not outlive its test (it reads the chunk
+// settings the next test changes).
+func background(t *testing.T, f func(ctx context.Context)) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f(ctx) }()
+	return func() { cancel(); <-done }
+}
+
 func exists(t *testing.T, objs Objects, name string) bool {
 	t.Helper()
 	_, err := objs.Stat(context.Background(), name)
@@ -140,7 +151,10 @@ func TestPipeReaderGivingUpStopsTheWriter(t *testing.T) {
 func TestPipeRefusesASecondWriter(t *testing.T) {
 	objs := pipeEnv(t)
 	ctx := context.Background()
-	go func() { _, _ = WritePipe(ctx, objs, "dumps/r4/db", bytes.NewReader(make([]byte, 1<<20))) }()
+	stopFirst := background(t, func(ctx context.Context) {
+		_, _ = WritePipe(ctx, objs, "dumps/r4/db", bytes.NewReader(make([]byte, 1<<20)))
+	})
+	defer stopFirst()
 	for !exists(t, objs, "dumps/r4/db/writer") {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -165,7 +179,10 @@ func TestPipeReaderWithoutAWriter(t *testing.T) {
 func TestPipeRefusesASecondReader(t *testing.T) {
 	objs := pipeEnv(t)
 	ctx := context.Background()
-	go func() { _, _ = WritePipe(ctx, objs, "dumps/r6/db", bytes.NewReader(make([]byte, 1<<20))) }()
+	stopWriter := background(t, func(ctx context.Context) {
+		_, _ = WritePipe(ctx, objs, "dumps/r6/db", bytes.NewReader(make([]byte, 1<<20)))
+	})
+	defer stopWriter()
 	first := ReadPipe(ctx, objs, "dumps/r6/db", time.Minute)
 	if _, err := io.ReadFull(first, make([]byte, 1000)); err != nil {
 		t.Fatal(err)
