@@ -240,6 +240,11 @@ func (s *saga) onSnapshotReady(ev events.Event, p events.SnapshotReady) {
 			methods = append(methods, v.Volume+":"+v.Method+" "+v.Duration.String())
 		}
 		r.log(s.now, "snapshots ready: %v", methods)
+		for _, v := range p.Snapshots {
+			if v.Method == "live" {
+				r.log(s.now, "volume %s has no snapshot (read live by its export, after the thaw): the restore point is only crash-consistent", v.Volume)
+			}
+		}
 		if r.Status == StatusRunning {
 			r.Stage = StageThaw
 			s.advance()

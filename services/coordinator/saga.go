@@ -835,8 +835,16 @@ func (r *Run) stepOutputs() map[string]map[string]string {
 
 // consistency is what the point guarantees: application when the
 // application was quiesced for the snapshot, logical when it holds only
-// dumps, crash otherwise.
+// dumps, crash otherwise (and whenever a volume was read live).
 func (r *Run) consistency() string {
+	for _, v := range r.Snapshots {
+		// A live volume (a CSI driver without snapshots) is read by the
+		// export, which runs after the thaw: nothing froze what it read.
+		// Holding the quiesce through such exports is not built yet.
+		if v.Method == "live" {
+			return "crash"
+		}
+	}
 	switch {
 	case r.FreezeStart != nil && len(r.Snapshots) > 0:
 		return "application"
