@@ -690,3 +690,76 @@ func TestMariaDBRestoreToProduction(t *testing.T) {
 		}
 	})
 }
+
+// TestPostgreSQLRestoreToProduction restores a physical PostgreSQL backup
+// over the live server's own data directory with the bundled blueprint:
+// stopped, replaced, the backup label and WAL written, started, recovered.
+func TestPostgreSQLRestoreToProduction(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	srv := dbserver.PostgreSQL(t)
+	db, err := sql.Open("pgx", srv.PostgresDSN(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec("CREATE TABLE orders (id INT PRIMARY KEY, note TEXT); INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, 100) g"); err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(srv.DataDir, "postmaster.pid")
+	// Whatever the blueprint starts, this test stops.
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			var pid int
+			if _, err := fmt.Sscan(string(b), &pid); err == nil && pid > 0 && pid != srv.PID() {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	stop := fmt.Sprintf(`pid=$(head -1 %s); kill -INT "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done`, shellQuote([]string{pidFile}))
+	argv := srv.StartCommand()
+	if u := srv.OSUser(); u != "" {
+		argv = append([]string{"runuser", "-u", u, "--"}, argv...)
+	}
+	start := fmt.Sprintf(`setsid %s >>%s 2>&1 </dev/null &`, shellQuote(argv), shellQuote([]string{srv.LogPath()}))
+	t.Setenv("TIDEMARK_TEST_PG_PASSWORD", srv.Password)
+	sys := newSystem(t)
+	sys.startAll()
+	sys.app("shop/postgres", "postgres", map[string]string{"pgdata": srv.DataDir}, fmt.Sprintf(`  connections:
+    primary:
+      driver: postgres
+      dsn: "postgres://%s@%s:%d/postgres?sslmode=disable"
+      passwordFrom: {env: TIDEMARK_TEST_PG_PASSWORD}
+  params:
+    pgdata: %s
+    stop: %q
+    start: %q
+`, srv.User, srv.Host, srv.Port, srv.DataDir, stop, start))
+	rec, ok := events.As[events.RestorePointRecorded](sys.outcome(sys.backup("shop/postgres"), 2*time.Minute))
+	if !ok {
+		t.Fatal("backup failed")
+	}
+	if _, err := db.Exec("DELETE FROM orders WHERE id > 10; INSERT INTO orders VALUES (1000, 'after the backup')"); err != nil {
+		t.Fatal(err)
+	}
+	done := sys.restoreRequest(events.RestoreRequested{RestorePointID: rec.RestorePointID, Target: events.RestoreTarget{Mode: "production"}, RequestedBy: "test"})
+	if f, failed := events.As[events.RestoreFailed](done); failed {
+		t.Fatalf("restore to production failed: %s", f.Reason)
+	}
+	fresh, err := sql.Open("pgx", srv.PostgresDSN(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	var n, maxID int
+	if err := fresh.QueryRow("SELECT count(*), max(id) FROM orders").Scan(&n, &maxID); err != nil || n != 100 || maxID != 100 {
+		t.Fatalf("after the restore: %d rows, max id %d, %v; want the backup's 100", n, maxID, err)
+	}
+	if log, _ := os.ReadFile(srv.LogPath()); !strings.Contains(string(log), "consistent recovery state reached") {
+		t.Errorf("the restarted server did not recover from the backup label")
+	}
+	if previous, _ := filepath.Glob(srv.DataDir + ".tidemark-previous-*"); len(previous) != 1 {
+		t.Errorf("previous contents kept at %v, want one directory", previous)
+	}
+}

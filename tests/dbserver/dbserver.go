@@ -112,6 +112,15 @@ func (s *Server) PID() int {
 	return s.proc.cmd.Process.Pid
 }
 
+// OSUser is the account the server runs as when the test runs as root
+// ("" otherwise): a command that starts it again must use it too.
+func (s *Server) OSUser() string {
+	if s.cred == nil {
+		return ""
+	}
+	return s.cred.name
+}
+
 // StartCommand is the command line that starts this server as it runs now
 // (same data directory, socket and port): for tests whose blueprints stop
 // and start the server themselves. A server started with it is not managed
