@@ -15,6 +15,7 @@ import (
 	"github.com/tidemark-dev/tidemark/events"
 	"github.com/tidemark-dev/tidemark/pkg/application"
 	"github.com/tidemark-dev/tidemark/pkg/bus"
+	"github.com/tidemark-dev/tidemark/pkg/platform"
 	"github.com/tidemark-dev/tidemark/pkg/platform/local"
 	"github.com/tidemark-dev/tidemark/pkg/repository"
 	"github.com/tidemark-dev/tidemark/services/catalog"
@@ -41,6 +42,9 @@ type system struct {
 	services map[string]*running
 	// coordinatorConfig is applied to every coordinator started.
 	coordinatorConfig func(*coordinator.Config)
+	// liveVolumes names volumes the snapshotter reads live instead of
+	// snapshotting (liveReadStandIn).
+	liveVolumes map[string]bool
 }
 
 type running struct {
@@ -120,9 +124,13 @@ func (s *system) start(name string) {
 	case "hookrunner":
 		svc, err = hookrunner.New(hookrunner.Config{InstanceID: "hr-" + instance, Apps: application.Dir(s.appsDir), Exec: &local.Executor{}, Logger: log, HoldHeartbeat: 200 * time.Millisecond}, s.env.Bus)
 	case "snapshotter":
-		svc, err = snapshotter.New(snapshotter.Config{Snapshotter: s.snaps, Logger: log}, s.env.Bus)
+		var snaps platform.Snapshotter = s.snaps
+		if len(s.liveVolumes) > 0 {
+			snaps = liveReadStandIn{Snapshotter: s.snaps, live: s.liveVolumes}
+		}
+		svc, err = snapshotter.New(snapshotter.Config{Snapshotter: snaps, Logger: log}, s.env.Bus)
 	case "datamover":
-		svc, err = datamover.New(datamover.Config{Repository: s.repo, Resolver: datamover.LocalResolver(s.snaps), Concurrency: 2, Logger: log}, s.env.Bus)
+		svc, err = datamover.New(datamover.Config{Repository: s.repo, Resolver: liveResolver(datamover.LocalResolver(s.snaps)), Concurrency: 2, Logger: log}, s.env.Bus)
 	case "catalog":
 		svc, err = catalog.New(catalog.Config{Repository: s.repo, MaintenanceInterval: -1, InstanceID: "cat-" + instance, Logger: log}, s.env.Bus)
 	default:
@@ -328,4 +336,48 @@ func (s *system) runStateOrEmpty(run events.RunID) coordinator.Run {
 	}
 	r, _ := coordinator.LoadRun(context.Background(), kv, run)
 	return r
+}
+
+// liveReadStandIn is a TEST-ONLY snapshotter that plays the Kubernetes
+// platform's fallback for a CSI driver without a snapshot class (which
+// cannot run here): the volumes it names are not snapshotted but reported
+// with method live, to be read in place; the others are snapshotted by the
+// local platform.
+type liveReadStandIn struct {
+	platform.Snapshotter
+	live map[string]bool
+}
+
+func (l liveReadStandIn) Snapshot(ctx context.Context, run events.RunID, volumes []events.VolumeRef) ([]platform.Snapshot, error) {
+	var rest []events.VolumeRef
+	var out []platform.Snapshot
+	for _, v := range volumes {
+		if l.live[v.Name] {
+			out = append(out, platform.Snapshot{ID: events.SnapshotID("live:" + v.Source), RunID: run, Volume: v.Name, Path: v.Source, Method: platform.MethodLive, Consistency: platform.ConsistencyLive, CreatedAt: time.Now()})
+			continue
+		}
+		rest = append(rest, v)
+	}
+	if len(rest) == 0 {
+		return out, nil
+	}
+	snaps, err := l.Snapshotter.Snapshot(ctx, run, rest)
+	return append(out, snaps...), err
+}
+
+func (l liveReadStandIn) Delete(ctx context.Context, id events.SnapshotID) error {
+	if strings.HasPrefix(string(id), "live:") {
+		return nil
+	}
+	return l.Snapshotter.Delete(ctx, id)
+}
+
+// liveResolver lets the data mover read liveReadStandIn's volumes in place.
+func liveResolver(next datamover.Resolver) datamover.Resolver {
+	return func(ctx context.Context, id events.SnapshotID) (string, error) {
+		if p, ok := strings.CutPrefix(string(id), "live:"); ok {
+			return p, nil
+		}
+		return next(ctx, id)
+	}
 }

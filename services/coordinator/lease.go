@@ -129,7 +129,7 @@ func (s *Service) takeOver(ctx context.Context, id events.RunID, from string) {
 func (sg *saga) recoverFrom(from string) {
 	r := sg.r
 	r.log(sg.now, "coordinator %s took over the run from %s", sg.cfg.InstanceID, from)
-	if r.Status == StatusRunning && r.Frozen() && !r.snapshotsComplete() && !sg.snapshotAnsweredMeanwhile() {
+	if r.Status == StatusRunning && r.Frozen() && !r.quiescedWorkDone() && !sg.snapshotAnsweredMeanwhile() {
 		sg.fail("the coordinator ("+from+") was lost while the application was quiesced; the run is compensated, not resumed", "")
 		return
 	}

@@ -195,8 +195,8 @@ func (s *saga) onHookReleased(ev events.Event, p events.HookReleased) {
 // dead man's switch, or its shutdown.
 func (s *saga) spontaneousRelease(p events.HookReleased) {
 	r := s.r
-	if r.Status == StatusRunning && !r.snapshotsComplete() {
-		s.fail(fmt.Sprintf("the lock of step %s was released by its hookrunner (%s) after %s, before the snapshots were complete; a snapshot taken now would not be consistent", p.Step, p.By, p.HeldFor), p.Step)
+	if r.Status == StatusRunning && !r.quiescedWorkDone() {
+		s.fail(fmt.Sprintf("the lock of step %s was released by its hookrunner (%s) after %s, before the snapshots (and the exports of volumes read live) were complete; what is read now would not be consistent", p.Step, p.By, p.HeldFor), p.Step)
 		return
 	}
 	// After the snapshot it is the thaw we wanted: settle the owed release
@@ -240,13 +240,11 @@ func (s *saga) onSnapshotReady(ev events.Event, p events.SnapshotReady) {
 			methods = append(methods, v.Volume+":"+v.Method+" "+v.Duration.String())
 		}
 		r.log(s.now, "snapshots ready: %v", methods)
-		for _, v := range p.Snapshots {
-			if v.Method == "live" {
-				r.log(s.now, "volume %s has no snapshot (read live by its export, after the thaw): the restore point is only crash-consistent", v.Volume)
-			}
-		}
 		if r.Status == StatusRunning {
 			r.Stage = StageThaw
+			if s.startLiveExports() {
+				r.Stage = StageLiveExport
+			}
 			s.advance()
 		}
 	case TaskAbandoned, TaskFailed:
@@ -333,8 +331,8 @@ func (s *saga) onDeadLettered(ev events.Event, p events.DeadLettered) {
 // tick acts on every deadline that has passed.
 func (s *saga) tick() {
 	r := s.r
-	if r.Status == StatusRunning && r.Frozen() && r.FreezeDeadline != nil && !r.snapshotsComplete() && !s.now.Before(*r.FreezeDeadline) {
-		s.fail(fmt.Sprintf("the freeze deadline passed: the application stayed quiesced for maxFreeze (%s) before the snapshots were complete; it was thawed", r.MaxFreeze), "")
+	if r.Status == StatusRunning && r.Frozen() && r.FreezeDeadline != nil && !r.quiescedWorkDone() && !s.now.Before(*r.FreezeDeadline) {
+		s.fail(fmt.Sprintf("the freeze deadline passed: the application stayed quiesced for maxFreeze (%s) before the snapshots (and the exports of volumes read live) were complete; it was thawed", r.MaxFreeze), "")
 	}
 	for _, t := range slices.Clone(r.Tasks) {
 		switch {

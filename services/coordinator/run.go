@@ -44,6 +44,9 @@ const (
 	StageSnapshot Stage = "snapshot"
 	// StageThaw runs the quiesce steps' inverses, newest first.
 	StageThaw Stage = "thaw"
+	// StageLiveExport exports the volumes that have no snapshot (read
+	// live) while the application is still quiesced.
+	StageLiveExport Stage = "live-export"
 	// StageExport moves every snapshot and dump into the repository.
 	StageExport Stage = "export"
 	// StageCheck opens every artifact of a restore in the repository
@@ -307,6 +310,12 @@ func (r *Run) snapshotsComplete() bool {
 	return t != nil && t.State == TaskSucceeded
 }
 
+// quiescedWorkDone reports whether everything that needs the application
+// quiesced is done: the snapshots, and the exports of volumes read live.
+func (r *Run) quiescedWorkDone() bool {
+	return r.snapshotsComplete() && r.Stage != StageLiveExport
+}
+
 func (r *Run) snapshotTask() *Task {
 	for _, t := range r.Tasks {
 		if t.Role == RoleSnapshot {
@@ -353,7 +362,7 @@ func (r *Run) nextWake() time.Time {
 		}
 		return next
 	}
-	if r.Frozen() && r.FreezeDeadline != nil && !r.snapshotsComplete() {
+	if r.Frozen() && r.FreezeDeadline != nil && !r.quiescedWorkDone() {
 		consider(*r.FreezeDeadline)
 	}
 	for _, t := range r.Tasks {

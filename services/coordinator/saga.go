@@ -276,6 +276,12 @@ func (s *saga) advance() {
 			if s.sendInverse(r.Owed[len(r.Owed)-1]) {
 				return
 			}
+		case StageLiveExport:
+			if r.inFlight(RoleExport) {
+				return
+			}
+			r.log(s.now, "live volumes exported while the application was quiesced")
+			r.Stage = StageThaw
 		case StageExport:
 			if r.inFlight(RoleExport) {
 				return
@@ -344,10 +350,35 @@ func (s *saga) sendSnapshot(st *blueprint.Step) {
 	s.newTask("step/"+st.Name, st.Name, RoleSnapshot, events.SnapshotRequested{RunID: r.ID, Application: r.Application, Step: st.Name, Volumes: vols, Group: true}, st.TimeoutOrDefault().Std(), 1, 0)
 }
 
+// startLiveExports exports, before the thaw, each volume the platform
+// could not snapshot (method live: a CSI driver without a snapshot class):
+// its data is read in place, so the application must stay quiesced until
+// it is in the repository. It reports whether there were any.
+func (s *saga) startLiveExports() bool {
+	r := s.r
+	var live []string
+	for _, snap := range r.Snapshots {
+		if snap.Method != "live" {
+			continue
+		}
+		live = append(live, snap.Volume)
+		s.newTask("export/"+snap.Volume, "export "+snap.Volume, RoleExport, events.VolumeExportRequested{
+			RunID: r.ID, Application: r.Application, Volume: snap.Volume, SourceKind: "snapshot", SnapshotID: snap.SnapshotID, Repository: s.cfg.Repository,
+		}, s.cfg.ExportTimeout, s.cfg.ExportAttempts, 0)
+	}
+	if len(live) > 0 {
+		r.log(s.now, "volumes %v have no snapshot: exporting them while the application stays quiesced (maxFreeze %s still applies)", live, r.MaxFreeze)
+	}
+	return len(live) > 0
+}
+
 func (s *saga) startExports() {
 	r := s.r
 	r.Stage = StageExport
 	for _, snap := range r.Snapshots {
+		if r.task("export/"+snap.Volume) != nil {
+			continue // a live volume, exported before the thaw
+		}
 		s.newTask("export/"+snap.Volume, "export "+snap.Volume, RoleExport, events.VolumeExportRequested{
 			RunID: r.ID, Application: r.Application, Volume: snap.Volume, SourceKind: "snapshot", SnapshotID: snap.SnapshotID, Repository: s.cfg.Repository,
 		}, s.cfg.ExportTimeout, s.cfg.ExportAttempts, 0)
@@ -834,17 +865,10 @@ func (r *Run) stepOutputs() map[string]map[string]string {
 }
 
 // consistency is what the point guarantees: application when the
-// application was quiesced for the snapshot, logical when it holds only
-// dumps, crash otherwise (and whenever a volume was read live).
+// application was quiesced for the snapshot (and, for a volume read live,
+// for its whole export), logical when it holds only dumps, crash
+// otherwise.
 func (r *Run) consistency() string {
-	for _, v := range r.Snapshots {
-		// A live volume (a CSI driver without snapshots) is read by the
-		// export, which runs after the thaw: nothing froze what it read.
-		// Holding the quiesce through such exports is not built yet.
-		if v.Method == "live" {
-			return "crash"
-		}
-	}
 	switch {
 	case r.FreezeStart != nil && len(r.Snapshots) > 0:
 		return "application"

@@ -3,9 +3,7 @@ package coordinator
 import (
 	"encoding/json"
 	"testing"
-	"time"
 
-	"github.com/tidemark-dev/tidemark/events"
 	"github.com/tidemark-dev/tidemark/pkg/blueprint"
 )
 
@@ -21,19 +19,5 @@ func TestTouchesSourceFindsTheOriginalNotItsNeighbours(t *testing.T) {
 		if got := touchesSource(blueprint.RenderedStep{Spec: raw}, vols); got != want {
 			t.Errorf("%s: got %q, want %q", spec, got, want)
 		}
-	}
-}
-
-// A restore point with a volume read live (no snapshot) never claims more
-// than crash consistency, even when the application was quiesced.
-func TestLiveVolumesMakeAPointCrashConsistent(t *testing.T) {
-	now := time.Now()
-	quiesced := &Run{FreezeStart: &now, Snapshots: []events.VolumeSnapshot{{Volume: "data", Method: "csi"}}}
-	if got := quiesced.consistency(); got != "application" {
-		t.Fatalf("quiesced CSI snapshot: %q, want application", got)
-	}
-	quiesced.Snapshots = append(quiesced.Snapshots, events.VolumeSnapshot{Volume: "logs", Method: "live"})
-	if got := quiesced.consistency(); got != "crash" {
-		t.Errorf("with a live volume: %q, want crash", got)
 	}
 }

@@ -357,3 +357,43 @@ spec:
 		t.Errorf("unresolved %v; history:\n%s", r.Unresolved, history(r))
 	}
 }
+
+// A volume the platform cannot snapshot (read live) is exported while the
+// application is still quiesced, and only then thawed; the point is then
+// application-consistent.
+func TestLiveVolumeIsExportedBeforeTheThaw(t *testing.T) {
+	sys := newSystem(t)
+	sys.liveVolumes = map[string]bool{"data": true}
+	sys.startAll()
+	app := newFileApp(t, sys, "shop/live", "30s", "")
+	if err := os.WriteFile(filepath.Join(app.volume, "table"), []byte("rows"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := sys.backup(app.name)
+	rec, ok := events.As[events.RestorePointRecorded](sys.outcome(run, time.Minute))
+	if !ok {
+		t.Fatalf("backup failed; history:\n%s", history(sys.runState(run)))
+	}
+	if rec.Consistency != "application" {
+		t.Errorf("consistency %q, want application: the live volume was read under the lock", rec.Consistency)
+	}
+	var exported, thawed time.Time
+	for _, e := range sys.env.Facts() {
+		switch p := e.Data.(type) {
+		case events.VolumeExported:
+			if p.RunID == run && p.Volume == "data" {
+				exported = e.Time
+			}
+		case events.HookSucceeded:
+			if p.RunID == run && p.Step == "unlock" {
+				thawed = e.Time
+			}
+		}
+	}
+	if exported.IsZero() || thawed.IsZero() || !exported.Before(thawed) {
+		t.Fatalf("live volume exported at %s, thawed at %s: want the export first; history:\n%s", exported, thawed, history(sys.runState(run)))
+	}
+	if app.locked() {
+		t.Error("the application is still locked")
+	}
+}
