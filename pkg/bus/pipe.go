@@ -174,11 +174,12 @@ type pipeReader struct {
 	finished  bool
 
 	// The fetcher's own.
-	h       hash.Hash
-	next    int
-	size    int64
-	started bool
-	claimed atomic.Bool
+	h         hash.Hash
+	next      int
+	size      int64
+	started   bool
+	rechecked bool
+	claimed   atomic.Bool
 }
 
 func (p *pipeReader) Read(b []byte) (int, error) {
@@ -241,7 +242,7 @@ func (p *pipeReader) nextChunk() ([]byte, error) {
 	for {
 		r, err := p.objs.Get(p.ctx, pipeChunk(p.name, p.next))
 		if err == nil {
-			p.started = true
+			p.started, p.rechecked = true, false
 			data, err := io.ReadAll(r)
 			r.Close()
 			if err != nil {
@@ -264,6 +265,13 @@ func (p *pipeReader) nextChunk() ([]byte, error) {
 			if err := json.Unmarshal(raw, &end); err != nil {
 				return nil, fmt.Errorf("bus: pipe %s: unreadable end marker: %v", p.name, err)
 			}
+			if end.Chunks > p.next && !p.rechecked {
+				// The writer put the next chunk and the end between this
+				// reader's look for the chunk and its look for the end.
+				p.rechecked = true
+				continue
+			}
+			p.rechecked = false
 			if end.Chunks != p.next || end.Size != p.size || end.SHA256 != hex.EncodeToString(p.h.Sum(nil)) {
 				return nil, fmt.Errorf("bus: pipe %s: read %d bytes in %d chunks, the writer wrote %d in %d (or the content differs)", p.name, p.size, p.next, end.Size, end.Chunks)
 			}

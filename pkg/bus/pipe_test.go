@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"strings"
@@ -197,4 +200,44 @@ func TestPipeRefusesASecondReader(t *testing.T) {
 		t.Error("a refused second reader aborted the first one's stream")
 	}
 	first.Close()
+}
+
+// racingObjects plays a writer that finishes between the reader's look for
+// a chunk (not there yet) and its look for the end (there already).
+type racingObjects struct {
+	Objects
+	chunk  string
+	finish func()
+	once   bool
+}
+
+func (r *racingObjects) Get(ctx context.Context, name string) (io.ReadCloser, error) {
+	rc, err := r.Objects.Get(ctx, name)
+	if name == r.chunk && errors.Is(err, ErrObjectNotFound) && !r.once {
+		r.once = true
+		r.finish()
+	}
+	return rc, err
+}
+
+func TestPipeReaderSeesAChunkWrittenJustBeforeTheEnd(t *testing.T) {
+	objs := pipeEnv(t)
+	ctx := context.Background()
+	data := []byte("the whole stream, in one chunk")
+	sum := sha256.Sum256(data)
+	end, _ := json.Marshal(PipeInfo{Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:]), Chunks: 1})
+	name := "dumps/r7/db"
+	racing := &racingObjects{Objects: objs, chunk: pipeChunk(name, 0), finish: func() {
+		for obj, content := range map[string][]byte{pipeChunk(name, 0): data, name + "/end": end} {
+			if _, err := objs.Put(ctx, obj, bytes.NewReader(content)); err != nil {
+				t.Error(err)
+			}
+		}
+	}}
+	r := ReadPipe(ctx, racing, name, time.Minute)
+	defer r.Close()
+	got, err := io.ReadAll(r)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read %q, %v; want the stream", got, err)
+	}
 }
