@@ -172,7 +172,7 @@ func (o *demoOptions) run(ctx context.Context, out io.Writer) (err error) {
 	serve := &serveOptions{
 		services: []string{"all"}, dataDir: filepath.Join(root, "tidemark"), listen: "127.0.0.1:0",
 		natsListen: fmt.Sprintf("127.0.0.1:%d", natsPort), replicas: 1, eventsRetention: 24 * time.Hour,
-		shutdownTimeout: 20 * time.Second, instanceID: "demo", snapshotMaxAge: 24 * time.Hour, platform: service.PlatformLocal,
+		shutdownTimeout: 20 * time.Second, instanceID: "demo", snapshotMaxAge: 24 * time.Hour, platform: service.PlatformLocal, moverConcurrency: 2,
 	}
 	serve.coordinator.AnswerGrace = 5 * time.Second
 	serve.coordinator.InverseTimeout = 30 * time.Second

@@ -52,19 +52,20 @@ func (o *natsOptions) dialConfig(name string) bus.DialConfig {
 }
 
 type serveOptions struct {
-	services        []string
-	dataDir         string
-	listen          string
-	natsListen      string
-	nats            natsOptions
-	replicas        int
-	eventsRetention time.Duration
-	shutdownTimeout time.Duration
-	instanceID      string
-	appsDir         string
-	snapshotMaxAge  time.Duration
-	coordinator     service.CoordinatorTuning
-	platform        string
+	services         []string
+	dataDir          string
+	listen           string
+	natsListen       string
+	nats             natsOptions
+	replicas         int
+	eventsRetention  time.Duration
+	shutdownTimeout  time.Duration
+	instanceID       string
+	appsDir          string
+	snapshotMaxAge   time.Duration
+	coordinator      service.CoordinatorTuning
+	platform         string
+	moverConcurrency int
 }
 
 func defaultDataDir() string {
@@ -120,6 +121,7 @@ exits 0.`,
 	f.StringVar(&o.instanceID, "instance-id", defaultInstanceID(), "this process's id among its peers (letters, digits, _ and -); lock releases are routed by it, so keep it stable")
 	f.DurationVar(&o.snapshotMaxAge, "snapshot-max-age", 24*time.Hour, "leftover snapshots older than this are deleted when the snapshotter starts; keep it longer than your longest export")
 	f.StringVar(&o.platform, "platform", service.PlatformLocal, `where applications run: "local" (processes and directories on this host) or "kube" (the cluster of $KUBECONFIG, ~/.kube/config, or in-cluster)`)
+	f.IntVar(&o.moverConcurrency, "datamover-concurrency", 2, "data mover: volumes (work items) this process moves at once; run more processes to scale out further")
 	f.StringVar(&o.appsDir, "apps-dir", "", "directory of Application files for the local platform (default <data-dir>/apps)")
 	f.DurationVar(&o.coordinator.AnswerGrace, "step-answer-grace", 5*time.Second, "coordinator: how long past a step's own timeout to wait for its answer before counting it lost")
 	f.DurationVar(&o.coordinator.InverseTimeout, "inverse-timeout", 30*time.Second, "coordinator: bound on each attempt of an inverse step (unlock, release)")
@@ -149,6 +151,9 @@ func (o *serveOptions) validate() error {
 	}
 	if o.platform != service.PlatformLocal && o.platform != service.PlatformKube {
 		return fmt.Errorf("--platform %q: want local or kube", o.platform)
+	}
+	if o.moverConcurrency < 1 || o.moverConcurrency > 64 {
+		return fmt.Errorf("--datamover-concurrency %d: want 1 to 64 volumes at once per process (run more processes for more)", o.moverConcurrency)
 	}
 	if o.snapshotMaxAge < time.Hour {
 		return fmt.Errorf("--snapshot-max-age %s: keep leftover snapshots at least 1h, longer than any export", o.snapshotMaxAge)
@@ -225,7 +230,7 @@ func (o *serveOptions) run(ctx context.Context, log *slog.Logger) error {
 	if appsDir == "" {
 		appsDir = filepath.Join(o.dataDir, "apps")
 	}
-	deps := service.Deps{Bus: b, Logger: log, DataDir: o.dataDir, Metrics: reg, InstanceID: o.instanceID, AppsDir: appsDir, SnapshotMaxAge: o.snapshotMaxAge, Coordinator: o.coordinator, Platform: o.platform}
+	deps := service.Deps{Bus: b, Logger: log, DataDir: o.dataDir, Metrics: reg, InstanceID: o.instanceID, AppsDir: appsDir, SnapshotMaxAge: o.snapshotMaxAge, Coordinator: o.coordinator, Platform: o.platform, MoverConcurrency: o.moverConcurrency}
 	if o.platform == service.PlatformKube {
 		if deps.Kube, err = kube.NewFromEnvironment(); err != nil {
 			return fmt.Errorf("--platform kube: %w", err)

@@ -48,6 +48,9 @@ type Deps struct {
 	Platform string
 	// Kube is the Kubernetes platform, when Platform is PlatformKube.
 	Kube *kube.Platform
+	// MoverConcurrency is how many volumes a data mover moves at once
+	// (zero: its default).
+	MoverConcurrency int
 }
 
 // Platforms `tidemark serve --platform` offers.

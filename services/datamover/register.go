@@ -47,7 +47,7 @@ func init() {
 		}
 		return &managed{
 			repo: rcfg,
-			cfg:  Config{Resolver: LocalResolver(snaps), Logger: log},
+			cfg:  Config{Resolver: LocalResolver(snaps), Logger: log, Concurrency: d.MoverConcurrency},
 			bus:  d.Bus,
 		}, nil
 	})

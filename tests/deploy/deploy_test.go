@@ -95,6 +95,9 @@ func checkPod(t *testing.T, objs []*unstructured.Unstructured, pod *corev1.PodSp
 	if want := map[bool]string{true: "", false: "kube"}[svc == "catalog"]; flags["--platform"] != want {
 		t.Errorf("--platform=%q, want %q", flags["--platform"], want)
 	}
+	if svc == "datamover" && flags["--datamover-concurrency"] == "" {
+		t.Error("the data mover does not set --datamover-concurrency")
+	}
 	// $(TIDEMARK_STREAM_REPLICAS) is expanded by the kubelet from the
 	// container's env, here a key of the generated tidemark-config.
 	if got := envFromConfigMap(t, objs, c, "TIDEMARK_STREAM_REPLICAS"); got != wantStreamReplicas {
