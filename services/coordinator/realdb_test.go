@@ -219,26 +219,10 @@ func TestPostgreSQLBackupKeepsTheBackupLabel(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL")
 	}
-	srv := dbserver.PostgreSQL(t)
-	db, err := sql.Open("pgx", srv.PostgresDSN(""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec("CREATE TABLE ticks (id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT now())"); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("TIDEMARK_TEST_PG_PASSWORD", srv.Password)
+	srv, db := startPostgreSQL(t, "CREATE TABLE ticks (id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT now())")
 	sys := newSystem(t)
 	sys.startAll()
-	connection := fmt.Sprintf(`  connections:
-    primary:
-      driver: postgres
-      dsn: "postgres://%s@%s:%d/postgres?sslmode=disable"
-      passwordFrom: {env: TIDEMARK_TEST_PG_PASSWORD}
-  params:
-    pgdata: %s
-`, srv.User, srv.Host, srv.Port, srv.DataDir)
+	connection := postgresApp(srv, "")
 	sys.app("shop/postgres", "postgres", map[string]string{"pgdata": srv.DataDir}, connection)
 	k := startTicker(t, db, "INSERT INTO ticks DEFAULT VALUES")
 

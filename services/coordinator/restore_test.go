@@ -322,16 +322,7 @@ func TestPostgreSQLLogicalConsistencyProof(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL")
 	}
-	srv := dbserver.PostgreSQL(t)
-	db, err := sql.Open("pgx", srv.PostgresDSN(""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec("CREATE TABLE ticks (id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())"); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("TIDEMARK_TEST_PG_PASSWORD", srv.Password)
+	srv, db := startPostgreSQL(t, "CREATE TABLE ticks (id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())")
 	sys := newSystem(t)
 	sys.startAll()
 	sys.app("shop/pg-logical", "postgres-logical", nil, fmt.Sprintf(`  params: {host: "%s", port: "%d", user: "%s", database: postgres}
@@ -401,27 +392,10 @@ func TestPostgreSQLPhysicalConsistencyProof(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts three PostgreSQL servers")
 	}
-	srv := dbserver.PostgreSQL(t)
-	db, err := sql.Open("pgx", srv.PostgresDSN(""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec("CREATE TABLE ticks (id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())"); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("TIDEMARK_TEST_PG_PASSWORD", srv.Password)
+	srv, db := startPostgreSQL(t, "CREATE TABLE ticks (id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())")
 	sys := newSystem(t)
 	sys.startAll()
-	app := fmt.Sprintf(`  connections:
-    primary:
-      driver: postgres
-      dsn: "postgres://%s@%s:%d/postgres?sslmode=disable"
-      passwordFrom: {env: TIDEMARK_TEST_PG_PASSWORD}
-  params:
-    pgdata: %s
-`, srv.User, srv.Host, srv.Port, srv.DataDir)
-	sys.app("shop/postgres", "postgres", map[string]string{"pgdata": srv.DataDir}, app)
+	sys.app("shop/postgres", "postgres", map[string]string{"pgdata": srv.DataDir}, postgresApp(srv, ""))
 	crashBP := sys.writeFile("crash-only.blueprint.yaml", `apiVersion: tidemark.io/v1alpha1
 kind: Blueprint
 metadata: {name: crash-only}
@@ -573,14 +547,7 @@ func TestMariaDBRestoreToProduction(t *testing.T) {
 			pidFile = p
 		}
 	}
-	t.Cleanup(func() {
-		if b, err := os.ReadFile(pidFile); err == nil {
-			var pid int
-			if _, err := fmt.Sscan(string(b), &pid); err == nil && pid > 0 && pid != srv.PID() {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	})
+	killStartedByBlueprint(t, srv, pidFile)
 	stop := fmt.Sprintf(`pid=$(cat %s); kill -TERM "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done`, shellQuote([]string{pidFile}))
 	start := fmt.Sprintf(`setsid %s >>%s 2>&1 </dev/null &`, shellQuote(srv.StartCommand()), shellQuote([]string{srv.LogPath()}))
 
@@ -698,44 +665,18 @@ func TestPostgreSQLRestoreToProduction(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL")
 	}
-	srv := dbserver.PostgreSQL(t)
-	db, err := sql.Open("pgx", srv.PostgresDSN(""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec("CREATE TABLE orders (id INT PRIMARY KEY, note TEXT); INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, 100) g"); err != nil {
-		t.Fatal(err)
-	}
+	srv, db := startPostgreSQL(t, "CREATE TABLE orders (id INT PRIMARY KEY, note TEXT); INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, 100) g")
 	pidFile := filepath.Join(srv.DataDir, "postmaster.pid")
-	// Whatever the blueprint starts, this test stops.
-	t.Cleanup(func() {
-		if b, err := os.ReadFile(pidFile); err == nil {
-			var pid int
-			if _, err := fmt.Sscan(string(b), &pid); err == nil && pid > 0 && pid != srv.PID() {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	})
+	killStartedByBlueprint(t, srv, pidFile)
 	stop := fmt.Sprintf(`pid=$(head -1 %s); kill -INT "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done`, shellQuote([]string{pidFile}))
 	argv := srv.StartCommand()
 	if u := srv.OSUser(); u != "" {
 		argv = append([]string{"runuser", "-u", u, "--"}, argv...)
 	}
 	start := fmt.Sprintf(`setsid %s >>%s 2>&1 </dev/null &`, shellQuote(argv), shellQuote([]string{srv.LogPath()}))
-	t.Setenv("TIDEMARK_TEST_PG_PASSWORD", srv.Password)
 	sys := newSystem(t)
 	sys.startAll()
-	sys.app("shop/postgres", "postgres", map[string]string{"pgdata": srv.DataDir}, fmt.Sprintf(`  connections:
-    primary:
-      driver: postgres
-      dsn: "postgres://%s@%s:%d/postgres?sslmode=disable"
-      passwordFrom: {env: TIDEMARK_TEST_PG_PASSWORD}
-  params:
-    pgdata: %s
-    stop: %q
-    start: %q
-`, srv.User, srv.Host, srv.Port, srv.DataDir, stop, start))
+	sys.app("shop/postgres", "postgres", map[string]string{"pgdata": srv.DataDir}, postgresApp(srv, fmt.Sprintf("    stop: %q\n    start: %q\n", stop, start)))
 	rec, ok := events.As[events.RestorePointRecorded](sys.outcome(sys.backup("shop/postgres"), 2*time.Minute))
 	if !ok {
 		t.Fatal("backup failed")
@@ -762,4 +703,48 @@ func TestPostgreSQLRestoreToProduction(t *testing.T) {
 	if previous, _ := filepath.Glob(srv.DataDir + ".tidemark-previous-*"); len(previous) != 1 {
 		t.Errorf("previous contents kept at %v, want one directory", previous)
 	}
+}
+
+// startPostgreSQL starts a PostgreSQL server, opens its postgres database
+// (closed at the test's end), runs setup on it, and puts the password where
+// postgresApp's connection reads it.
+func startPostgreSQL(t *testing.T, setup string) (*dbserver.Server, *sql.DB) {
+	t.Helper()
+	srv := dbserver.PostgreSQL(t)
+	db, err := sql.Open("pgx", srv.PostgresDSN(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, err := db.Exec(setup); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TIDEMARK_TEST_PG_PASSWORD", srv.Password)
+	return srv, db
+}
+
+// postgresApp is the Application text for srv with the bundled physical
+// blueprint: the primary connection, pgdata, and extra params lines.
+func postgresApp(srv *dbserver.Server, extraParams string) string {
+	return fmt.Sprintf(`  connections:
+    primary:
+      driver: postgres
+      dsn: "postgres://%s@%s:%d/postgres?sslmode=disable"
+      passwordFrom: {env: TIDEMARK_TEST_PG_PASSWORD}
+  params:
+    pgdata: %s
+%s`, srv.User, srv.Host, srv.Port, srv.DataDir, extraParams)
+}
+
+// killStartedByBlueprint kills, at the test's end, the server whose pid is
+// in pidFile if the blueprint started it (it is not srv's own process).
+func killStartedByBlueprint(t *testing.T, srv *dbserver.Server, pidFile string) {
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			var pid int
+			if _, err := fmt.Sscan(string(b), &pid); err == nil && pid > 0 && pid != srv.PID() {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
 }
