@@ -18,6 +18,7 @@ import (
 	"github.com/tidemark-dev/tidemark/pkg/platform"
 	"github.com/tidemark-dev/tidemark/pkg/platform/local"
 	"github.com/tidemark-dev/tidemark/pkg/repository"
+	"github.com/tidemark-dev/tidemark/pkg/service"
 	"github.com/tidemark-dev/tidemark/services/catalog"
 	"github.com/tidemark-dev/tidemark/services/coordinator"
 	"github.com/tidemark-dev/tidemark/services/datamover"
@@ -131,6 +132,14 @@ func (s *system) start(name string) {
 		svc, err = snapshotter.New(snapshotter.Config{Snapshotter: snaps, Logger: log}, s.env.Bus)
 	case "datamover":
 		svc, err = datamover.New(datamover.Config{Repository: s.repo, Resolver: liveResolver(datamover.LocalResolver(s.snaps)), Concurrency: 2, Logger: log}, s.env.Bus)
+	case "datamover-from-environment":
+		// The data mover as `tidemark serve` builds it: repository
+		// location and password from TIDEMARK_REPOSITORY_*.
+		var svcs map[string]service.Service
+		svcs, err = service.Build([]string{"datamover"}, service.Deps{Bus: s.env.Bus, Logger: log, DataDir: s.t.TempDir(), InstanceID: "dm-" + instance})
+		if err == nil {
+			svc = svcs["datamover"]
+		}
 	case "catalog":
 		svc, err = catalog.New(catalog.Config{Repository: s.repo, MaintenanceInterval: -1, InstanceID: "cat-" + instance, Logger: log}, s.env.Bus)
 	default:

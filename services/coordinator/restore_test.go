@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tidemark-dev/tidemark/events"
+	"github.com/tidemark-dev/tidemark/pkg/repository"
 	"github.com/tidemark-dev/tidemark/tests/dbserver"
 )
 
@@ -747,4 +748,36 @@ func killStartedByBlueprint(t *testing.T, srv *dbserver.Server, pidFile string) 
 			}
 		}
 	})
+}
+
+// A data mover holding the wrong repository password fails the restore in
+// its pre-flight: nothing is written, and the password is in no event.
+func TestRestoreWithAWrongRepositoryPasswordChangesNothing(t *testing.T) {
+	sys := newSystem(t)
+	sys.startAll()
+	app := newFileApp(t, sys, "shop/files", "30s", "")
+	rec, ok := events.As[events.RestorePointRecorded](sys.outcome(sys.backup(app.name), time.Minute))
+	if !ok {
+		t.Fatal("backup failed")
+	}
+	const wrong = "not-the-repository-password"
+	sys.stop("datamover")
+	t.Setenv(repository.EnvPath, sys.repo.Path())
+	t.Setenv(repository.EnvPassword, wrong)
+	sys.start("datamover-from-environment")
+
+	target := filepath.Join(t.TempDir(), "restored")
+	done := sys.restore(rec.RestorePointID, target)
+	f, failed := events.As[events.RestoreFailed](done)
+	if !failed || !strings.Contains(f.Reason, "nothing was changed") || !strings.Contains(f.Reason, "password is wrong") {
+		t.Fatalf("restore ended with %s %+v, want a pre-flight failure naming the password", done.Type(), done.Data)
+	}
+	if _, err := os.Stat(target); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the restore target was made: %v", err)
+	}
+	for _, e := range sys.env.Facts() {
+		if strings.Contains(fmt.Sprint(e.Data), wrong) {
+			t.Errorf("a %s event carries the password", e.Type())
+		}
+	}
 }
