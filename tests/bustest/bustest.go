@@ -52,13 +52,33 @@ func Start(t testing.TB) *Env {
 		t.Fatal(err)
 	}
 	e := &Env{Server: srv, Conn: nc, Bus: b, notify: make(chan struct{}, 1)}
-	js, err := jetstream.New(nc)
+	e.record(t, jetstream.DeliverAllPolicy)
+	return e
+}
+
+// Join records the facts published from now on through nc, a connection to
+// a NATS server that already has Tidemark's topology (a deployed Tidemark),
+// and publishes as source. Server is nil.
+func Join(t testing.TB, nc *nats.Conn, source string) *Env {
+	t.Helper()
+	b, err := bus.New(nc, bus.WithSource(source))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cons, err := js.OrderedConsumer(context.Background(), bus.StreamEvents, jetstream.OrderedConsumerConfig{})
+	e := &Env{Conn: nc, Bus: b, notify: make(chan struct{}, 1)}
+	e.record(t, jetstream.DeliverNewPolicy)
+	return e
+}
+
+func (e *Env) record(t testing.TB, from jetstream.DeliverPolicy) {
+	t.Helper()
+	js, err := jetstream.New(e.Conn)
 	if err != nil {
 		t.Fatal(err)
+	}
+	cons, err := js.OrderedConsumer(context.Background(), bus.StreamEvents, jetstream.OrderedConsumerConfig{DeliverPolicy: from})
+	if err != nil {
+		t.Fatalf("consuming %s: %v", bus.StreamEvents, err)
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		ev, err := cenats.Decode(context.Background(), &nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
@@ -78,7 +98,6 @@ func Start(t testing.TB) *Env {
 		t.Fatal(err)
 	}
 	t.Cleanup(cc.Stop)
-	return e
 }
 
 // Publish publishes ev or fails the test.

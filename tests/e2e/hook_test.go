@@ -56,8 +56,8 @@ func TestHookExecInPod(t *testing.T) {
 	}, time.Now())
 	cmd.CorrelationID = string(run)
 	sent := time.Now()
-	nb.publish(t, cmd)
-	ev := nb.waitFor(t, 2*time.Minute, "hook.succeeded or hook.failed of "+string(run), func(ev events.Event) bool {
+	nb.Publish(t, cmd)
+	ev := nb.WaitFor(t, 2*time.Minute, "hook.succeeded or hook.failed of "+string(run), func(ev events.Event) bool {
 		if s, ok := events.As[events.HookSucceeded](ev); ok {
 			return s.RunID == run
 		}

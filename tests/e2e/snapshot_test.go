@@ -76,8 +76,8 @@ func TestGroupSnapshotOfTwoPVCs(t *testing.T) {
 	}, time.Now())
 	cmd.CorrelationID = string(run)
 	sent := time.Now()
-	nb.publish(t, cmd)
-	ev := nb.waitFor(t, 3*time.Minute, "snapshot.ready or snapshot.failed of "+string(run), func(ev events.Event) bool {
+	nb.Publish(t, cmd)
+	ev := nb.WaitFor(t, 3*time.Minute, "snapshot.ready or snapshot.failed of "+string(run), func(ev events.Event) bool {
 		if r, ok := events.As[events.SnapshotReady](ev); ok {
 			return r.RunID == run
 		}
@@ -139,8 +139,8 @@ func TestGroupSnapshotOfTwoPVCs(t *testing.T) {
 	del := events.New("tidemark/e2e", ns+"/app", events.SnapshotDeleteRequested{RunID: run, SnapshotIDs: ids, Reason: "e2e done"}, time.Now())
 	del.CorrelationID = string(run)
 	sent = time.Now()
-	nb.publish(t, del)
-	nb.waitFor(t, 2*time.Minute, "snapshot.deleted of "+string(run), func(ev events.Event) bool {
+	nb.Publish(t, del)
+	nb.WaitFor(t, 2*time.Minute, "snapshot.deleted of "+string(run), func(ev events.Event) bool {
 		d, ok := events.As[events.SnapshotDeleted](ev)
 		return ok && d.RunID == run
 	})
