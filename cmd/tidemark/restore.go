@@ -113,65 +113,49 @@ fails.`,
 }
 
 func watchRestore(ctx context.Context, w io.Writer, facts <-chan events.Event, requestID string, wait bool) error {
-	var run events.RunID
 	meter := newTransferMeter()
-	for {
-		var ev events.Event
-		select {
-		case <-ctx.Done():
-			if run != "" {
-				return fmt.Errorf("stopped waiting; restore %s goes on (see `tidemark runs show %s`)", run, run)
-			}
-			return fmt.Errorf("no answer to the restore request: is a coordinator running? (%w)", ctx.Err())
-		case ev = <-facts:
-		}
-		if run == "" {
-			if ev.CausationID != requestID {
-				continue
-			}
+	return runWatch{
+		what: "restore",
+		answer: func(ev events.Event) (events.RunID, error) {
 			switch p := ev.Data.(type) {
 			case events.RestoreFailed:
-				return fmt.Errorf("restore refused: %s", p.Reason)
+				return "", fmt.Errorf("restore refused: %s", p.Reason)
 			case events.RestoreAccepted:
-				run = p.RunID
-				fmt.Fprintf(w, "run %s: restoring point %s of %s to %s %s\n", run, p.RestorePointID, p.Application, p.Target.Mode, p.Target.Name)
-				if !wait {
-					fmt.Fprintf(w, "follow it with: tidemark runs show %s\n", run)
-					return nil
+				fmt.Fprintf(w, "run %s: restoring point %s of %s to %s %s\n", p.RunID, p.RestorePointID, p.Application, p.Target.Mode, p.Target.Name)
+				return p.RunID, nil
+			}
+			return "", nil
+		},
+		show: func(ev events.Event) (bool, error) {
+			switch p := ev.Data.(type) {
+			case events.VolumeImportProgress:
+				if line := meter.line(ev.Time, p.Volume, p.BytesDone, p.BytesTotal, p.FilesDone, p.FilesTotal); line != "" {
+					fmt.Fprintf(w, "    import %s %s\n", p.Volume, line)
 				}
+			case events.VolumeImported:
+				if p.Checked {
+					fmt.Fprintf(w, "  ✓ %s is readable in the repository: %d files, %s\n", p.Volume, p.Files, humanBytes(p.Bytes))
+					return false, nil
+				}
+				fmt.Fprintf(w, "  ✓ restored %s: %d files, %s in %s\n", p.Volume, p.Files, humanBytes(p.Bytes), p.FinishedAt.Sub(p.StartedAt).Round(time.Millisecond))
+				if p.Previous != "" {
+					fmt.Fprintf(w, "    its previous contents are kept at %s\n", p.Previous)
+				}
+			case events.HookSucceeded:
+				fmt.Fprintf(w, "  ✓ %s %s\n", p.Step, p.FinishedAt.Sub(p.StartedAt).Round(time.Millisecond))
+			case events.HookFailed:
+				fmt.Fprintf(w, "  ✗ %s: %s\n", p.Step, p.Error)
+			case events.RestoreCompleted:
+				fmt.Fprintf(w, "restore completed: %s restored in %s\n", humanBytes(p.BytesRestored), p.FinishedAt.Sub(p.StartedAt).Round(time.Millisecond))
+				return true, nil
+			case events.RestoreFailed:
+				printCompensations(w, p.Compensations)
+				return true, fmt.Errorf("restore failed: %s", p.Reason)
+			case events.RestoreCancelled:
+				printCompensations(w, p.Compensations)
+				return true, fmt.Errorf("restore cancelled by %s", orSomeone(p.CancelledBy))
 			}
-			continue
-		}
-		if ev.CorrelationID != string(run) && ev.Subject != string(run) {
-			continue
-		}
-		switch p := ev.Data.(type) {
-		case events.VolumeImportProgress:
-			if line := meter.line(ev.Time, p.Volume, p.BytesDone, p.BytesTotal, p.FilesDone, p.FilesTotal); line != "" {
-				fmt.Fprintf(w, "    import %s %s\n", p.Volume, line)
-			}
-		case events.VolumeImported:
-			if p.Checked {
-				fmt.Fprintf(w, "  ✓ %s is readable in the repository: %d files, %s\n", p.Volume, p.Files, humanBytes(p.Bytes))
-				continue
-			}
-			fmt.Fprintf(w, "  ✓ restored %s: %d files, %s in %s\n", p.Volume, p.Files, humanBytes(p.Bytes), p.FinishedAt.Sub(p.StartedAt).Round(time.Millisecond))
-			if p.Previous != "" {
-				fmt.Fprintf(w, "    its previous contents are kept at %s\n", p.Previous)
-			}
-		case events.HookSucceeded:
-			fmt.Fprintf(w, "  ✓ %s %s\n", p.Step, p.FinishedAt.Sub(p.StartedAt).Round(time.Millisecond))
-		case events.HookFailed:
-			fmt.Fprintf(w, "  ✗ %s: %s\n", p.Step, p.Error)
-		case events.RestoreCompleted:
-			fmt.Fprintf(w, "restore completed: %s restored in %s\n", humanBytes(p.BytesRestored), p.FinishedAt.Sub(p.StartedAt).Round(time.Millisecond))
-			return nil
-		case events.RestoreFailed:
-			printCompensations(w, p.Compensations)
-			return fmt.Errorf("restore failed: %s", p.Reason)
-		case events.RestoreCancelled:
-			printCompensations(w, p.Compensations)
-			return fmt.Errorf("restore cancelled by %s", orSomeone(p.CancelledBy))
-		}
-	}
+			return false, nil
+		},
+	}.follow(ctx, w, facts, requestID, wait)
 }

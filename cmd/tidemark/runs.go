@@ -169,77 +169,109 @@ func requester() string {
 	return "cli"
 }
 
-// watchBackup reports a backup request's fate: accepted or rejected, and
-// with wait, every step until the run ends.
-func watchBackup(ctx context.Context, w io.Writer, facts <-chan events.Event, requestID string, wait bool) error {
+// runWatch follows one request: answer reads the facts the request caused
+// until one names its run (or refuses it), and show reads the run's facts
+// until it says the run ended.
+type runWatch struct {
+	what   string // "backup" or "restore", for messages
+	answer func(events.Event) (events.RunID, error)
+	show   func(events.Event) (done bool, err error)
+}
+
+func (rw runWatch) follow(ctx context.Context, w io.Writer, facts <-chan events.Event, requestID string, wait bool) error {
 	var run events.RunID
-	meter := newTransferMeter()
 	for {
 		var ev events.Event
 		select {
 		case <-ctx.Done():
 			if run != "" {
-				return fmt.Errorf("stopped waiting; run %s goes on (see `tidemark runs show %s`)", run, run)
+				return fmt.Errorf("stopped waiting; %s %s goes on (see `tidemark runs show %s`)", rw.what, run, run)
 			}
-			return fmt.Errorf("no answer to the backup request: is a coordinator running? (%w)", ctx.Err())
+			return fmt.Errorf("no answer to the %s request: is a coordinator running? (%w)", rw.what, ctx.Err())
 		case ev = <-facts:
 		}
 		if run == "" {
 			if ev.CausationID != requestID {
 				continue
 			}
-			switch p := ev.Data.(type) {
-			case events.BackupRejected:
-				return fmt.Errorf("backup rejected: %s", p.Reason)
-			case events.BackupAccepted:
-				run = p.RunID
-				fmt.Fprintf(w, "run %s: backing up %s with blueprint %s (steps: %s)\n", run, p.Application, p.Blueprint, strings.Join(p.Steps, ", "))
-				if !wait {
-					fmt.Fprintf(w, "follow it with: tidemark runs show %s\n", run)
-					return nil
-				}
+			accepted, err := rw.answer(ev)
+			if err != nil {
+				return err
+			}
+			if accepted == "" {
+				continue
+			}
+			run = accepted
+			if !wait {
+				fmt.Fprintf(w, "follow it with: tidemark runs show %s\n", run)
+				return nil
 			}
 			continue
 		}
 		if ev.CorrelationID != string(run) && ev.Subject != string(run) {
 			continue
 		}
-		switch p := ev.Data.(type) {
-		case events.HookSucceeded:
-			note := ""
-			if p.Holding {
-				note = " (holding its lock)"
-			}
-			fmt.Fprintf(w, "  ✓ %s %s%s\n", p.Step, p.FinishedAt.Sub(p.StartedAt).Round(time.Millisecond), note)
-		case events.HookFailed:
-			fmt.Fprintf(w, "  ✗ %s: %s\n", p.Step, p.Error)
-		case events.HookReleased:
-			fmt.Fprintf(w, "  ✓ released %s after %s\n", p.Step, p.HeldFor.Std().Round(time.Millisecond))
-		case events.SnapshotReady:
-			for _, s := range p.Snapshots {
-				fmt.Fprintf(w, "  ✓ snapshot %s (%s, %s, %s)\n", s.Volume, s.Method, humanBytes(s.Bytes), s.Duration.Std().Round(time.Millisecond))
-			}
-		case events.VolumeExportProgress:
-			if line := meter.line(ev.Time, p.Volume, p.BytesDone, p.BytesTotal, p.FilesDone, p.FilesTotal); line != "" {
-				fmt.Fprintf(w, "    export %s %s\n", p.Volume, line)
-			}
-		case events.VolumeExported:
-			fmt.Fprintf(w, "  ✓ exported %s: %d files, %s read, %s new\n", p.Volume, p.Files, humanBytes(p.Bytes), humanBytes(p.BytesUploaded))
-		case events.BackupCompleted:
-			fmt.Fprintf(w, "  ✓ freeze window %s; %s read, %s uploaded\n", p.FreezeWindow.Std().Round(time.Millisecond), humanBytes(p.BytesRead), humanBytes(p.BytesUploaded))
-		case events.RestorePointRecorded:
-			fmt.Fprintf(w, "restore point %s recorded (%s-consistent)\n", p.RestorePointID, p.Consistency)
-			return nil
-		case events.RunCompensationFailed:
-			fmt.Fprintf(w, "  !! COMPENSATION FAILED: %s after %d attempts: %s — a human must act; retrying at %s\n", p.Step, p.Attempts, p.Error, p.NextRetryAt.Format(time.RFC3339))
-		case events.BackupFailed:
-			printCompensations(w, p.Compensations)
-			return fmt.Errorf("backup failed: %s", p.Reason)
-		case events.BackupCancelled:
-			printCompensations(w, p.Compensations)
-			return fmt.Errorf("backup cancelled by %s", orSomeone(p.CancelledBy))
+		if done, err := rw.show(ev); done || err != nil {
+			return err
 		}
 	}
+}
+
+// watchBackup reports a backup request's fate: accepted or rejected, and
+// with wait, every step until the run ends.
+func watchBackup(ctx context.Context, w io.Writer, facts <-chan events.Event, requestID string, wait bool) error {
+	meter := newTransferMeter()
+	return runWatch{
+		what: "backup",
+		answer: func(ev events.Event) (events.RunID, error) {
+			switch p := ev.Data.(type) {
+			case events.BackupRejected:
+				return "", fmt.Errorf("backup rejected: %s", p.Reason)
+			case events.BackupAccepted:
+				fmt.Fprintf(w, "run %s: backing up %s with blueprint %s (steps: %s)\n", p.RunID, p.Application, p.Blueprint, strings.Join(p.Steps, ", "))
+				return p.RunID, nil
+			}
+			return "", nil
+		},
+		show: func(ev events.Event) (bool, error) {
+			switch p := ev.Data.(type) {
+			case events.HookSucceeded:
+				note := ""
+				if p.Holding {
+					note = " (holding its lock)"
+				}
+				fmt.Fprintf(w, "  ✓ %s %s%s\n", p.Step, p.FinishedAt.Sub(p.StartedAt).Round(time.Millisecond), note)
+			case events.HookFailed:
+				fmt.Fprintf(w, "  ✗ %s: %s\n", p.Step, p.Error)
+			case events.HookReleased:
+				fmt.Fprintf(w, "  ✓ released %s after %s\n", p.Step, p.HeldFor.Std().Round(time.Millisecond))
+			case events.SnapshotReady:
+				for _, s := range p.Snapshots {
+					fmt.Fprintf(w, "  ✓ snapshot %s (%s, %s, %s)\n", s.Volume, s.Method, humanBytes(s.Bytes), s.Duration.Std().Round(time.Millisecond))
+				}
+			case events.VolumeExportProgress:
+				if line := meter.line(ev.Time, p.Volume, p.BytesDone, p.BytesTotal, p.FilesDone, p.FilesTotal); line != "" {
+					fmt.Fprintf(w, "    export %s %s\n", p.Volume, line)
+				}
+			case events.VolumeExported:
+				fmt.Fprintf(w, "  ✓ exported %s: %d files, %s read, %s new\n", p.Volume, p.Files, humanBytes(p.Bytes), humanBytes(p.BytesUploaded))
+			case events.BackupCompleted:
+				fmt.Fprintf(w, "  ✓ freeze window %s; %s read, %s uploaded\n", p.FreezeWindow.Std().Round(time.Millisecond), humanBytes(p.BytesRead), humanBytes(p.BytesUploaded))
+			case events.RestorePointRecorded:
+				fmt.Fprintf(w, "restore point %s recorded (%s-consistent)\n", p.RestorePointID, p.Consistency)
+				return true, nil
+			case events.RunCompensationFailed:
+				fmt.Fprintf(w, "  !! COMPENSATION FAILED: %s after %d attempts: %s — a human must act; retrying at %s\n", p.Step, p.Attempts, p.Error, p.NextRetryAt.Format(time.RFC3339))
+			case events.BackupFailed:
+				printCompensations(w, p.Compensations)
+				return true, fmt.Errorf("backup failed: %s", p.Reason)
+			case events.BackupCancelled:
+				printCompensations(w, p.Compensations)
+				return true, fmt.Errorf("backup cancelled by %s", orSomeone(p.CancelledBy))
+			}
+			return false, nil
+		},
+	}.follow(ctx, w, facts, requestID, wait)
 }
 
 func orSomeone(s string) string {
