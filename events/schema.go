@@ -148,6 +148,11 @@ func describeViolation(ve *jsonschema.ValidationError) (string, string) {
 		}
 	}
 	walk(ve)
+	// The validator visits properties in map order; sorting by location
+	// makes the same payload always read the same, first field included.
+	slices.SortStableFunc(leaves, func(a, b *jsonschema.ValidationError) int {
+		return slices.Compare(a.InstanceLocation, b.InstanceLocation)
+	})
 	parts := make([]string, 0, len(leaves))
 	for _, l := range leaves {
 		msg := l.ErrorKind.LocalizedString(printer)
