@@ -27,9 +27,13 @@ test-race:
 
 # The apiserver and etcd are built from the Go module proxy once per machine
 # into the test cache (tests/README.md); a cold build takes ~10 minutes.
+# The services' kube tests are picked by name: the rest of those packages
+# are the local platform's (and `make test` runs them).
 test-kube: ## the Kubernetes platform against a real kube-apiserver (built once and cached; ~10 min cold)
 	$(GO) run ./tests/kube/cmd/kube-assets
 	$(GO) test -race -count=1 -timeout 10m -tags kubeapi ./pkg/platform/kube/... ./tests/deploy/...
+	$(GO) test -race -count=1 -timeout 10m -tags kubeapi -run '^TestKube' ./cmd/tidemark
+	$(GO) test -race -count=1 -timeout 10m -tags kubeapi -run '^TestKube' ./services/coordinator/ ./services/hookrunner/
 
 # A real single-node Kubernetes (tools/cluster, tests/README.md): needs root;
 # its Kubernetes programs are built once into the test cache like test-kube's.
@@ -39,7 +43,7 @@ cluster-up: ## start the single-node test cluster (root; ~25 min cold, ~1 min wa
 cluster-down: ## stop what cluster-up started and undo its host changes
 	$(GO) run ./tools/cluster down
 
-images: ## build and import every image into the running test cluster (MariaDB and PostgreSQL included)
+images: ## build and import every image into the running test cluster (versitygw, MariaDB and PostgreSQL included)
 	$(GO) run ./tools/cluster images
 
 test-cluster: ## the proof against the running test cluster: pods, CSI volumes, (group) snapshots, restores

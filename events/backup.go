@@ -57,7 +57,9 @@ type BackupCompleted struct {
 	// so recording it depends on this event alone.
 	Artifacts   []Artifact                   `json:"artifacts,omitempty"`
 	StepOutputs map[string]map[string]string `json:"stepOutputs,omitempty"`
-	// Consistency is "application" (quiesced), "crash" or "logical".
+	// Consistency is "application" (quiesced), "application-live"
+	// (quiesced, some volumes read in place: RestorePointRecorded),
+	// "crash" or "logical".
 	Consistency string `json:"consistency,omitempty"`
 }
 

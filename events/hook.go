@@ -73,6 +73,10 @@ type HookFailed struct {
 	ExitCode *int `json:"exitCode,omitempty"`
 	// Permanent is true when retrying cannot help (bad arguments, missing target).
 	Permanent bool `json:"permanent"`
+	// Outputs are what a step that failed after it acted had already
+	// changed (a scale step's originalReplicas): the inverse that undoes it
+	// is rendered from them.
+	Outputs map[string]string `json:"outputs,omitempty"`
 }
 
 // EventType implements Payload.

@@ -16,6 +16,9 @@ type Artifact struct {
 	Bytes      int64      `json:"bytes"`
 	// Files is how many files a volume held.
 	Files int64 `json:"files,omitempty"`
+	// Consistency is the volume's snapshot's (VolumeSnapshot.Consistency)
+	// when it was not a point-in-time snapshot taken with the others.
+	Consistency string `json:"consistency,omitempty"`
 }
 
 // RestorePointRecorded reports a restore point in the catalog.
@@ -26,7 +29,9 @@ type RestorePointRecorded struct {
 	CreatedAt      time.Time      `json:"createdAt"`
 	Artifacts      []Artifact     `json:"artifacts"`
 	// Consistency says what the restore point guarantees: "application"
-	// (quiesced), "crash" (snapshot only) or "logical" (a dump).
+	// (quiesced), "application-live" (quiesced, and some volumes had no
+	// snapshot: they were read in place while the application was held;
+	// their artifacts say so), "crash" (snapshot only) or "logical" (a dump).
 	Consistency string            `json:"consistency"`
 	Labels      map[string]string `json:"labels,omitempty"`
 }

@@ -50,6 +50,11 @@ type VolumeSnapshot struct {
 	Method   string   `json:"method"`
 	Bytes    int64    `json:"bytes"`
 	Duration Duration `json:"duration"`
+	// Consistency says what this volume's copy guarantees when it is not
+	// a point-in-time snapshot taken with the others: a live volume read
+	// while the application is held quiesced, or a per-volume snapshot
+	// where a group snapshot was asked for. Empty otherwise.
+	Consistency string `json:"consistency,omitempty"`
 }
 
 // SnapshotReady reports the snapshots of a request.

@@ -93,8 +93,43 @@ type VolumeImportRequested struct {
 	// Check only opens the repository and the snapshot, writing nothing:
 	// a restore's pre-flight, so a wrong password or a deleted snapshot
 	// fails the restore before any of its steps changes anything.
-	Check          bool   `json:"check,omitempty"`
-	IdempotencyKey string `json:"idempotencyKey"`
+	Check bool `json:"check,omitempty"`
+	// ReadBy, for a stream, is when its reader stops reading (the
+	// coordinator reading a restore's objects waits a bounded time): a data
+	// mover that takes the request later moves nothing, and one that takes
+	// it earlier gives up then, instead of waiting for a reader that is gone.
+	ReadBy *time.Time `json:"readBy,omitempty"`
+	// Edits, for a directory or replace import, change the volume once its
+	// files are restored and verified, before any later restore step.
+	Edits          *VolumeEdits `json:"edits,omitempty"`
+	IdempotencyKey string       `json:"idempotencyKey"`
+}
+
+// VolumeEdits are changes made to a restored volume before its
+// application starts: what a blueprint must write into a volume when no
+// pod of the application runs yet to exec into (on Kubernetes the
+// workload is stopped while its volumes are filled), such as PostgreSQL's
+// backup label and the WAL segments the backup needs.
+type VolumeEdits struct {
+	// Dir is the directory the edits apply in, relative to the volume's
+	// root ("" is the root). It must exist.
+	Dir string `json:"dir,omitempty"`
+	// Remove are glob patterns (path.Match syntax, one path element each
+	// side of a /), relative to Dir, of files to remove; none matching is
+	// fine.
+	Remove []string `json:"remove,omitempty"`
+	// Files are written (replaced), relative to Dir, mode 0600, owned like
+	// Dir.
+	Files map[string]string `json:"files,omitempty"`
+	// Extract unpacks tar streams of the restore point (dump artifacts)
+	// into directories relative to Dir, owned like Dir.
+	Extract []TarExtract `json:"extract,omitempty"`
+}
+
+// TarExtract is one tar artifact unpacked into a volume.
+type TarExtract struct {
+	ManifestID ManifestID `json:"manifestId"`
+	Into       string     `json:"into"`
 }
 
 // EventType implements Payload.

@@ -122,6 +122,11 @@ spec:
 	b.ResetTimer()
 	for iter := range b.N {
 		start := time.Now()
+		var cpuBefore time.Duration
+		if p != nil {
+			cpuBefore = processCPU(b, p.cmd.Process.Pid)
+		}
+		selfBefore := processCPU(b, os.Getpid())
 		sent := make([]time.Time, n)
 		ids := make([]string, n)
 		var wg sync.WaitGroup
@@ -180,6 +185,12 @@ spec:
 		b.ReportMetric(time.Since(start).Seconds(), "wall-s")
 		if p != nil {
 			b.ReportMetric(float64(peakRSS(b, p.cmd.Process.Pid))/(1<<20), "coordinator-peak-rss-MiB")
+			// CPU per run is steadier than latency on a shared machine.
+			b.ReportMetric(msf(processCPU(b, p.cmd.Process.Pid)-cpuBefore)/float64(n), "coordinator-cpu-ms/run")
+		}
+		{
+			// The NATS server, the stand-in services and the requests.
+			b.ReportMetric(msf(processCPU(b, os.Getpid())-selfBefore)/float64(n), "rest-cpu-ms/run")
 		}
 		_ = iter
 	}
@@ -207,4 +218,17 @@ func peakRSS(b *testing.B, pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// processCPU reads a process's user plus system CPU time.
+func processCPU(b *testing.B, pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The fields after the command name, which is in parentheses and may hold spaces.
+	fields := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ is 100 on Linux
 }

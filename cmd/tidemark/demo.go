@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/tidemark-dev/tidemark/events"
 	"github.com/tidemark-dev/tidemark/pkg/service"
@@ -174,6 +175,9 @@ func (o *demoOptions) run(ctx context.Context, out io.Writer) (err error) {
 		natsListen: fmt.Sprintf("127.0.0.1:%d", natsPort), replicas: 1, eventsRetention: 24 * time.Hour,
 		shutdownTimeout: 20 * time.Second, instanceID: "demo", snapshotMaxAge: 24 * time.Hour, platform: service.PlatformLocal, moverConcurrency: 2,
 	}
+	// The mover pod flags' defaults (they only act on --platform kube, but
+	// serve validates them on every platform).
+	serve.mover.register(pflag.NewFlagSet("demo", pflag.ContinueOnError))
 	serve.coordinator.AnswerGrace = 5 * time.Second
 	serve.coordinator.InverseTimeout = 30 * time.Second
 	serve.coordinator.ExportTimeout = time.Hour

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,5 +83,30 @@ spec:
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the database stayed locked after the hookrunner was killed")
+	}
+
+	// Nobody reads the dead holder's releases any more. Another
+	// hookrunner sees its word run out and answers for its lock, so that
+	// the run waiting for the release learns at once that the lock ended.
+	killed := time.Now()
+	startTidemark(t, "serve", "--services", "hookrunner", "--nats-url", env.Server.ClientURL(),
+		"--apps-dir", appsDir, "--instance-id", "survivor", "--data-dir", t.TempDir(),
+		"--listen", "127.0.0.1:0", "--log-format", "json").logField(t, "tidemark serving", "http")
+	ev := env.WaitFor(t, 60*time.Second, "hook.released of the dead holder's lock", bustest.Step[events.HookReleased]("run-kill", "lock"))
+	r, _ := events.As[events.HookReleased](ev)
+	if r.By != "disconnect" || !strings.Contains(r.Error, "doomed") {
+		t.Fatalf("hook.released %+v, want by disconnect, naming the lost holder", r)
+	}
+	t.Logf("hook.released (disconnect) %v after the kill", time.Since(killed).Round(time.Millisecond))
+	// Once only, however many instances look.
+	time.Sleep(5 * time.Second)
+	n := 0
+	for _, f := range env.Facts() {
+		if x, ok := events.As[events.HookReleased](f); ok && x.RunID == "run-kill" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d hook.released for the lost lock, want 1", n)
 	}
 }

@@ -68,7 +68,7 @@ environment, which wins over the file.`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w (see %s --help)", err, cmd.CommandPath())}
 	})
-	root.AddCommand(newServeCommand(g), newEventsCommand(g), newBlueprintCommand(g), newAppCommand(), newPointsCommand(), newCatalogCommand(), newBackupCommand(), newRestoreCommand(), newRunsCommand(), newDemoCommand())
+	root.AddCommand(newServeCommand(g), newEventsCommand(g), newBlueprintCommand(g), newAppCommand(), newPointsCommand(), newCatalogCommand(), newBackupCommand(), newRestoreCommand(), newRunsCommand(), newDemoCommand(), newMoverCommand(g))
 	annotateEnv(root)
 	return root
 }

@@ -100,10 +100,25 @@ restore point.
 With --wait, follow the run to its end, showing each step and the exports'
 progress, and exit 1 if the run fails (with its cause and what was undone).
 
+--app names the application. On the local platform it is the metadata.name
+of an Application file. On Kubernetes (serve --platform kube) it is one of:
+  NAMESPACE             every object of the namespace
+  NAMESPACE:SELECTOR    the objects matching a label selector (shop:app=db)
+  NAMESPACE/NAME        the StatefulSet or Deployment NAME, or the object NAME
+                        carrying a blueprint annotation, and what it owns
+  NAMESPACE/KIND/NAME   the same with the kind given (shop/statefulset/db,
+                        shop/perconaservermongodb/orders)
+and its blueprint is the one its tidemark.io/blueprint (or Kanister's
+kanister.kasten.io/blueprint) annotation names: a Blueprint object in its
+namespace or Tidemark's, else a bundled blueprint (docs/kubernetes.md). Name
+an application the same way every time: the name is what its runs and
+restore points are listed under.
+
 --blueprint overrides the application's blueprint: a bundled blueprint's
 name (mariadb, postgres, ...) or a YAML file the coordinator can read.`,
 		Example: `  tidemark backup --app shop/mariadb --wait
-  tidemark backup --app shop/postgres --blueprint ./pg-custom.yaml --max-freeze 20s`,
+  tidemark backup --app shop/postgres --blueprint ./pg-custom.yaml --max-freeze 20s
+  tidemark backup --app shop/statefulset/postgres --wait     # on Kubernetes`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if app == "" {
@@ -153,7 +168,7 @@ name (mariadb, postgres, ...) or a YAML file the coordinator can read.`,
 	}
 	addNATSFlags(cmd, &nopts)
 	f := cmd.Flags()
-	f.StringVar(&app, "app", "", "application to back up (required)")
+	f.StringVar(&app, "app", "", "application to back up (required): an Application's name, or on Kubernetes NAMESPACE, NAMESPACE:SELECTOR, NAMESPACE/NAME or NAMESPACE/KIND/NAME")
 	f.StringVar(&bp, "blueprint", "", "blueprint to use instead of the application's: a bundled name or a YAML file")
 	f.BoolVar(&wait, "wait", false, "follow the run to its end; exit 1 if it fails")
 	f.DurationVar(&maxFreeze, "max-freeze", 0, "bound on how long the application may stay quiesced (default: the blueprint's maxFreeze)")

@@ -66,6 +66,7 @@ type serveOptions struct {
 	coordinator      service.CoordinatorTuning
 	platform         string
 	moverConcurrency int
+	mover            moverFlags // mover pods on --platform kube (mover.go)
 }
 
 func defaultDataDir() string {
@@ -122,6 +123,7 @@ exits 0.`,
 	f.DurationVar(&o.snapshotMaxAge, "snapshot-max-age", 24*time.Hour, "leftover snapshots older than this are deleted when the snapshotter starts; keep it longer than your longest export")
 	f.StringVar(&o.platform, "platform", service.PlatformLocal, `where applications run: "local" (processes and directories on this host) or "kube" (the cluster of $KUBECONFIG, ~/.kube/config, or in-cluster)`)
 	f.IntVar(&o.moverConcurrency, "datamover-concurrency", 2, "data mover: volumes (work items) this process moves at once; run more processes to scale out further")
+	o.mover.register(f)
 	f.StringVar(&o.appsDir, "apps-dir", "", "directory of Application files for the local platform (default <data-dir>/apps)")
 	f.DurationVar(&o.coordinator.AnswerGrace, "step-answer-grace", 5*time.Second, "coordinator: how long past a step's own timeout to wait for its answer before counting it lost")
 	f.DurationVar(&o.coordinator.InverseTimeout, "inverse-timeout", 30*time.Second, "coordinator: bound on each attempt of an inverse step (unlock, release)")
@@ -154,6 +156,9 @@ func (o *serveOptions) validate() error {
 	}
 	if o.moverConcurrency < 1 || o.moverConcurrency > 64 {
 		return fmt.Errorf("--datamover-concurrency %d: want 1 to 64 volumes at once per process (run more processes for more)", o.moverConcurrency)
+	}
+	if _, _, err := o.mover.options(); err != nil {
+		return err
 	}
 	if o.snapshotMaxAge < time.Hour {
 		return fmt.Errorf("--snapshot-max-age %s: keep leftover snapshots at least 1h, longer than any export", o.snapshotMaxAge)
@@ -231,6 +236,7 @@ func (o *serveOptions) run(ctx context.Context, log *slog.Logger) error {
 		appsDir = filepath.Join(o.dataDir, "apps")
 	}
 	deps := service.Deps{Bus: b, Logger: log, DataDir: o.dataDir, Metrics: reg, InstanceID: o.instanceID, AppsDir: appsDir, SnapshotMaxAge: o.snapshotMaxAge, Coordinator: o.coordinator, Platform: o.platform, MoverConcurrency: o.moverConcurrency}
+	deps.Mover, deps.MoverLimit, _ = o.mover.options() // validated above
 	if o.platform == service.PlatformKube {
 		if deps.Kube, err = kube.NewFromEnvironment(); err != nil {
 			return fmt.Errorf("--platform kube: %w", err)

@@ -39,6 +39,9 @@ type Application struct {
 	Kind       string   `json:"kind"`
 	Metadata   Metadata `json:"metadata"`
 	Spec       Spec     `json:"spec"`
+	// Resolved is set by a platform that finds the application itself
+	// (Kubernetes); never read from a file.
+	Resolved *Resolved `json:"-"`
 }
 
 // Metadata names the application.
@@ -68,10 +71,41 @@ type Connection struct {
 	PasswordFrom *SecretRef `json:"passwordFrom,omitempty"`
 }
 
-// SecretRef points at a secret held outside Tidemark's files and events.
+// SecretRef points at a secret held outside Tidemark's files and events:
+// an environment variable or a file of the process that reads it, or, on
+// Kubernetes, a key of a Secret in the application's namespace.
 type SecretRef struct {
-	Env  string `json:"env,omitempty"`
-	File string `json:"file,omitempty"`
+	Env          string        `json:"env,omitempty"`
+	File         string        `json:"file,omitempty"`
+	SecretKeyRef *SecretKeyRef `json:"secretKeyRef,omitempty"`
+
+	// fetch reads a SecretKeyRef; set by the platform that found the
+	// application (ReadSecretsWith).
+	fetch func(SecretKeyRef) (string, error)
+}
+
+// SecretKeyRef names a key of a Kubernetes Secret, as a pod's
+// env[].valueFrom.secretKeyRef does.
+type SecretKeyRef struct {
+	Name string `json:"name"`
+	Key  string `json:"key"`
+}
+
+// ReadSecretsWith makes the application's secretKeyRef references
+// readable through fetch (the Kubernetes platform reads Secrets).
+func (a *Application) ReadSecretsWith(fetch func(SecretKeyRef) (string, error)) {
+	for n, c := range a.Spec.Connections {
+		if c.PasswordFrom != nil {
+			r := *c.PasswordFrom
+			r.fetch = fetch
+			c.PasswordFrom = &r
+			a.Spec.Connections[n] = c
+		}
+	}
+	for n, r := range a.Spec.Secrets {
+		r.fetch = fetch
+		a.Spec.Secrets[n] = r
+	}
 }
 
 // ErrNotFound is returned for an application no file defines.
@@ -112,14 +146,24 @@ func (a *Application) Validate() error {
 			add("spec.volumes.%s: %q must be an absolute directory", name, dir)
 		}
 	}
-	names := make([]string, 0, len(a.Spec.Connections))
-	for n := range a.Spec.Connections {
+	errs = append(errs, ValidateConnections("spec.connections", a.Spec.Connections, "spec.secrets", a.Spec.Secrets)...)
+	return errors.Join(errs...)
+}
+
+// ValidateConnections reports every problem of connections and secrets
+// declared under the fields named (an Application file's spec.connections,
+// or a Kubernetes annotation), each naming its field and the fix.
+func ValidateConnections(connField string, conns map[string]Connection, secretField string, secrets map[string]SecretRef) []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	names := make([]string, 0, len(conns))
+	for n := range conns {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		c := a.Spec.Connections[n]
-		field := "spec.connections." + n
+		c := conns[n]
+		field := connField + "." + n
 		switch c.Driver {
 		case DriverMySQL, DriverPostgres, DriverMongoDB:
 		default:
@@ -129,24 +173,41 @@ func (a *Application) Validate() error {
 			add("%s.dsn is empty", field)
 		}
 		if hasInlinePassword(c) {
-			add("%s.dsn holds a password: remove it and set %s.passwordFrom (env or file) instead", field, field)
+			add("%s.dsn holds a password: remove it and set %s.passwordFrom (env, file or secretKeyRef) instead", field, field)
 		}
-		if c.PasswordFrom != nil && (c.PasswordFrom.Env == "") == (c.PasswordFrom.File == "") {
-			add("%s.passwordFrom: set exactly one of env and file", field)
+		if c.PasswordFrom != nil {
+			if err := c.PasswordFrom.validate(field + ".passwordFrom"); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
-	secretNames := make([]string, 0, len(a.Spec.Secrets))
-	for n := range a.Spec.Secrets {
+	secretNames := make([]string, 0, len(secrets))
+	for n := range secrets {
 		secretNames = append(secretNames, n)
 	}
 	sort.Strings(secretNames)
 	for _, n := range secretNames {
-		r := a.Spec.Secrets[n]
-		if (r.Env == "") == (r.File == "") {
-			add("spec.secrets.%s: set exactly one of env and file", n)
+		if err := secrets[n].validate(secretField + "." + n); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return errs
+}
+
+func (r SecretRef) validate(field string) error {
+	set := 0
+	for _, ok := range []bool{r.Env != "", r.File != "", r.SecretKeyRef != nil} {
+		if ok {
+			set++
+		}
+	}
+	if set != 1 {
+		return fmt.Errorf("%s: set exactly one of env, file and secretKeyRef (secretKeyRef on Kubernetes only)", field)
+	}
+	if k := r.SecretKeyRef; k != nil && (k.Name == "" || k.Key == "") {
+		return fmt.Errorf("%s.secretKeyRef: set both name (a Secret in the application's namespace) and key", field)
+	}
+	return nil
 }
 
 // Secret reads the value of a declared secret.
@@ -159,6 +220,12 @@ func (a *Application) Secret(name string) (string, error) {
 }
 
 func (r SecretRef) read() (string, error) {
+	if k := r.SecretKeyRef; k != nil {
+		if r.fetch == nil {
+			return "", fmt.Errorf("secretKeyRef %s[%s] is read only on Kubernetes (serve --platform kube); on the local platform use env or file", k.Name, k.Key)
+		}
+		return r.fetch(*k)
+	}
 	if r.Env != "" {
 		v, ok := os.LookupEnv(r.Env)
 		if !ok {
@@ -269,46 +336,101 @@ func parseCached(path string, info fs.FileInfo) parsedFile {
 // one file instead of the whole directory while that file still says so.
 var located sync.Map // dir + "\x00" + name -> path
 
-// Application implements Source.
-func (d Dir) Application(name string) (*Application, error) {
-	key := string(d) + "\x00" + name
-	if v, ok := located.Load(key); ok {
-		path := v.(string)
-		if info, err := os.Stat(path); err == nil {
-			if pf := parseCached(path, info); pf.err == nil && pf.app != nil && pf.app.Metadata.Name == name {
-				a := *pf.app
-				return &a, nil
-			}
-		}
-		located.Delete(key)
+var scanning sync.Map // dir -> *sync.Mutex
+
+// Warm parses every application file of the directory ahead of the first
+// lookup, so a service that starts with thousands of applications pays for
+// that once at start rather than in its first requests. It returns how many
+// applications it found and the files that are not valid.
+func (d Dir) Warm() (int, error) {
+	unlock := d.lockScan()
+	defer unlock()
+	n, broken, err := d.scan()
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
 	}
+	if err != nil {
+		return 0, err
+	}
+	return n, errors.Join(broken...)
+}
+
+// lockScan makes scans of d one at a time: a burst of requests for names
+// not yet located (a coordinator's first minute) would otherwise parse the
+// whole directory once per request.
+func (d Dir) lockScan() (unlock func()) {
+	mu, _ := scanning.LoadOrStore(string(d), &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	return mu.(*sync.Mutex).Unlock
+}
+
+// scan parses every application file of d (again only where it changed)
+// and records where each application is defined. It returns how many
+// applications there are and the files that are not valid.
+func (d Dir) scan() (int, []error, error) {
 	entries, err := os.ReadDir(string(d))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %q (reading %s: %v)", ErrNotFound, name, d, err)
+		return 0, nil, err
 	}
+	n := 0
 	var broken []error
 	for _, e := range entries {
-		n := e.Name()
-		if e.IsDir() || !(strings.HasSuffix(n, ".yaml") || strings.HasSuffix(n, ".yml")) {
+		name := e.Name()
+		if e.IsDir() || !(strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml")) {
 			continue
 		}
 		info, err := e.Info()
 		if err != nil {
 			continue // removed meanwhile
 		}
-		path := filepath.Join(string(d), n)
-		pf := parseCached(path, info)
-		if pf.err != nil {
+		path := filepath.Join(string(d), name)
+		switch pf := parseCached(path, info); {
+		case pf.err != nil:
 			broken = append(broken, pf.err)
-			continue
-		}
-		if pf.app != nil {
+		case pf.app != nil:
 			located.Store(string(d)+"\x00"+pf.app.Metadata.Name, path)
+			n++
 		}
-		if pf.app != nil && pf.app.Metadata.Name == name {
-			a := *pf.app
-			return &a, nil
-		}
+	}
+	return n, broken, nil
+}
+
+// lookup returns the application name where the directory was last seen to
+// define it, if that file still does.
+func (d Dir) lookup(name string) (*Application, bool) {
+	v, ok := located.Load(string(d) + "\x00" + name)
+	if !ok {
+		return nil, false
+	}
+	info, err := os.Stat(v.(string))
+	if err != nil {
+		return nil, false
+	}
+	pf := parseCached(v.(string), info)
+	if pf.err != nil || pf.app == nil || pf.app.Metadata.Name != name {
+		return nil, false
+	}
+	a := *pf.app
+	return &a, true
+}
+
+// Application implements Source.
+func (d Dir) Application(name string) (*Application, error) {
+	if a, ok := d.lookup(name); ok {
+		return a, nil
+	}
+	unlock := d.lockScan()
+	defer unlock()
+	if a, ok := d.lookup(name); ok {
+		return a, nil // another request's scan found it meanwhile
+	}
+	located.Delete(string(d) + "\x00" + name)
+	_, broken, err := d.scan()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %q (reading %s: %v)", ErrNotFound, name, d, err)
+	}
+	if a, ok := d.lookup(name); ok {
+		return a, nil
 	}
 	if len(broken) > 0 {
 		return nil, fmt.Errorf("%w: %q (no valid file in %s names it; these files are invalid: %w)", ErrNotFound, name, d, errors.Join(broken...))

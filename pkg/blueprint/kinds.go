@@ -20,6 +20,9 @@ type Kind struct {
 	// new(ExecSpec): the type a step's block renders into. Nil for a kind
 	// without arguments (snapshot).
 	NewSpec func() any
+	// OptionalSpec: the block may be left out (snapshot: edits only in a
+	// restore that needs them).
+	OptionalSpec bool
 	// Check reports what is wrong with a spec. Lint calls it before
 	// rendering, when strings may still be templates (see IsTemplate) and
 	// templated numbers and booleans read as zero; Render calls it again on
@@ -135,8 +138,11 @@ func init() {
 		Check:   func(s any) []Problem { return checkWait(s.(*WaitSpec)) },
 	})
 	Register(Kind{
-		Name: KindSnapshot,
-		Doc:  "the barrier: the coordinator snapshots (backup) or restores (restore) the volumes here",
+		Name:         KindSnapshot,
+		Doc:          "the barrier: the coordinator snapshots (backup) or restores (restore) the volumes here; in a restore, edits change the restored volumes before later steps",
+		NewSpec:      func() any { return new(SnapshotSpec) },
+		OptionalSpec: true,
+		Check:        func(s any) []Problem { return checkSnapshot(s.(*SnapshotSpec)) },
 	})
 	Register(Kind{
 		Name:    KindDump,
@@ -144,6 +150,22 @@ func init() {
 		NewSpec: func() any { return new(DumpSpec) },
 		Check:   func(s any) []Problem { return checkDump(s.(*DumpSpec)) },
 	})
+}
+
+func checkSnapshot(s *SnapshotSpec) []Problem {
+	var ps []Problem
+	for i, e := range s.Edits {
+		prefix := fmt.Sprintf("edits[%d].", i)
+		if e.Volume == "" {
+			ps = append(ps, Problem{prefix + "volume", "is empty", "name the restored volume the edits apply to, such as '{{ index .StatefulSet.PersistentVolumeClaims 0 }}'"})
+		}
+		for j, x := range e.Extract {
+			if x.Artifact == "" {
+				ps = append(ps, Problem{fmt.Sprintf("%sextract[%d].artifact", prefix, j), "is empty", "name a dump artifact of the backup, such as pg_wal.tar"})
+			}
+		}
+	}
+	return ps
 }
 
 func checkExec(s *ExecSpec, prefix string) []Problem {

@@ -113,6 +113,9 @@ func (l *linter) action(name string, steps Action) {
 		if s.Kind == KindSnapshot && name == ActionDelete {
 			l.r.add(p+".kind", "snapshots belong to backup and restore", "a delete action has no snapshot step")
 		}
+		if s.Kind == KindSnapshot && name != ActionRestore && len(s.Args) > 0 {
+			l.r.add(p+".snapshot", "remove the block: edits change restored volumes, so only a restore's snapshot step takes them", "a %s action's snapshot step takes no arguments", name)
+		}
 		if s.Kind == KindDump && name != ActionDelete {
 			if spec, err := s.lintSpec(mustKind(KindDump)); err == nil {
 				a := spec.(*DumpSpec).Artifact
@@ -214,7 +217,9 @@ func (l *linter) common(s *Step, p string) {
 	}
 	if k.NewSpec != nil {
 		bp := p + "." + s.Kind
-		if len(s.Args) == 0 {
+		if len(s.Args) == 0 && k.OptionalSpec {
+			// nothing to check
+		} else if len(s.Args) == 0 {
 			l.r.add(p, "put the arguments under "+s.Kind+":, such as "+exampleBlock(s.Kind), "the %s step has no %s block with its arguments", s.Kind, s.Kind)
 		} else if spec, err := s.lintSpec(k); err != nil {
 			l.r.add(bp, "", "arguments do not fit a %s step: %v", s.Kind, err)

@@ -74,6 +74,36 @@ type SQLQuerySpec struct {
 
 // DumpSpec is a command whose stdout is a logical backup stream handed to
 // the datamover as the artifact Artifact.
+// SnapshotSpec is the snapshot step's, in a restore: edits made in the
+// restored volumes once their files are in and verified, before any
+// later step — what must be written into a volume before its application
+// starts when no pod of it runs yet to exec into (on Kubernetes the
+// workload is stopped while its volumes are filled), such as PostgreSQL's
+// backup label and WAL. A backup's snapshot step takes none.
+type SnapshotSpec struct {
+	Edits []VolumeEditSpec `json:"edits,omitempty"`
+}
+
+// VolumeEditSpec is one volume's edits (events.VolumeEdits, with
+// artifacts by name).
+type VolumeEditSpec struct {
+	// Volume names the restored volume (on Kubernetes its PVC).
+	Volume string `json:"volume"`
+	// Dir, relative to the volume's root, is where the edits apply.
+	Dir    string            `json:"dir,omitempty"`
+	Remove []string          `json:"remove,omitempty"`
+	Files  map[string]string `json:"files,omitempty"`
+	// Extract unpacks tar artifacts of the restore point (by artifact
+	// name, such as pg_wal.tar) into directories relative to Dir.
+	Extract []ExtractSpec `json:"extract,omitempty"`
+}
+
+// ExtractSpec is one tar artifact unpacked into a volume.
+type ExtractSpec struct {
+	Artifact string `json:"artifact"`
+	Into     string `json:"into"`
+}
+
 type DumpSpec struct {
 	ExecSpec
 	Artifact string `json:"artifact"`

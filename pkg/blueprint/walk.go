@@ -248,7 +248,7 @@ func (w *walker) step(n *yamlv3.Node, path string) {
 			hint = fmt.Sprintf("did you mean %q? %s", s, hint)
 		}
 		w.r.add(kp, hint, "unknown step kind %q", kind)
-	case k.NewSpec != nil && block == "":
+	case k.NewSpec != nil && !k.OptionalSpec && block == "":
 		w.r.add(path, fmt.Sprintf("put the arguments under %s:, such as %s", kind, exampleBlock(kind)),
 			"the %s step has no %s block with its arguments", kind, kind)
 	}

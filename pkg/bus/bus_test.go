@@ -608,3 +608,48 @@ func ExamplePermanent() {
 	fmt.Println(IsPermanent(fmt.Errorf("wrapped: %w", err)))
 	// Output: true
 }
+
+// A consumer named after one instance, with InactiveThreshold, is removed
+// by the server once nobody pulls from it; one without stays.
+func TestInactiveInstanceConsumerIsRemoved(t *testing.T) {
+	env := newTestEnv(t)
+	ctx := context.Background()
+	handler := func(context.Context, events.Event) ([]events.Event, error) { return nil, nil }
+	gone := hookSpec("release-dead-instance")
+	gone.InactiveThreshold = 500 * time.Millisecond
+	d, _ := events.Lookup(events.HookReleaseRequested{}.EventType())
+	gone.FilterSubjects = []string{d.Subject() + ".dead-instance"} // a work queue allows one unfiltered consumer
+	stop := env.consume(t, gone, handler)
+	kept := hookSpec("shared")
+	kept.FilterSubjects = []string{d.Subject() + ".live-instance"}
+	stopKept := env.consume(t, kept, handler)
+	for _, name := range []string{gone.Name, kept.Name} {
+		for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+			_, err := env.js.Consumer(ctx, StreamHookCommands, name)
+			if err == nil {
+				break
+			}
+			if time.Since(start) > 10*time.Second {
+				t.Fatalf("consumer %s was never made: %v", name, err)
+			}
+		}
+	}
+	stop()
+	stopKept()
+	stoppedAt := time.Now()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, err := env.js.Consumer(ctx, StreamHookCommands, gone.Name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			t.Logf("consumer %s removed %v after its last pull", gone.Name, time.Since(stoppedAt).Round(time.Millisecond))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer %s still there 15s after its last pull (InactiveThreshold 500ms): %v", gone.Name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := env.js.Consumer(ctx, StreamHookCommands, kept.Name); err != nil {
+		t.Fatalf("consumer %s without InactiveThreshold: %v, want it kept", kept.Name, err)
+	}
+}

@@ -54,6 +54,10 @@ type ConsumerSpec struct {
 	// consumer is stopped; then their context is cancelled and their
 	// messages are returned for redelivery.
 	ShutdownGrace time.Duration
+	// InactiveThreshold, when set, lets the server delete the durable
+	// consumer once nobody has pulled from it for that long: for a
+	// consumer named after one instance, which no other will ever use.
+	InactiveThreshold time.Duration
 }
 
 // Consumer defaults.
@@ -144,13 +148,14 @@ func (b *Bus) Consume(ctx context.Context, spec ConsumerSpec, handler Handler) e
 	}
 	setupCtx, cancel := withDefaultTimeout(ctx, 30*time.Second)
 	cons, err := b.js.CreateOrUpdateConsumer(setupCtx, spec.Stream, jetstream.ConsumerConfig{
-		Durable:        spec.Name,
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        spec.AckWait,
-		MaxDeliver:     spec.MaxDeliver,
-		FilterSubjects: spec.FilterSubjects,
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-		MaxAckPending:  max(1000, 4*spec.Prefetch),
+		Durable:           spec.Name,
+		AckPolicy:         jetstream.AckExplicitPolicy,
+		AckWait:           spec.AckWait,
+		MaxDeliver:        spec.MaxDeliver,
+		FilterSubjects:    spec.FilterSubjects,
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		MaxAckPending:     max(1000, 4*spec.Prefetch),
+		InactiveThreshold: spec.InactiveThreshold,
 	})
 	cancel()
 	if err != nil {

@@ -98,6 +98,9 @@ type VersionedKV interface {
 	// Entries returns every live key with its value, in no particular order,
 	// read in one pass.
 	Entries(ctx context.Context) ([]Entry, error)
+	// EntriesUnder is Entries of the keys prefix.*: one kind of record of
+	// a bucket that holds several, without reading the others.
+	EntriesUnder(ctx context.Context, prefix string) ([]Entry, error)
 }
 
 // VersionedKeyValues is the capability to open a bucket with
@@ -145,6 +148,18 @@ func (k kv) Entries(ctx context.Context) ([]Entry, error) {
 	if err != nil {
 		return nil, err
 	}
+	return entries(ctx, w)
+}
+
+func (k kv) EntriesUnder(ctx context.Context, prefix string) ([]Entry, error) {
+	w, err := k.kv.WatchFiltered(ctx, []string{prefix + ".>"}, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	return entries(ctx, w)
+}
+
+func entries(ctx context.Context, w jetstream.KeyWatcher) ([]Entry, error) {
 	defer w.Stop()
 	var out []Entry
 	for {

@@ -12,11 +12,12 @@ import (
 	"github.com/tidemark-dev/tidemark/events"
 )
 
-// BucketDumps is the object-store bucket through which logical dump
-// streams pass between the hookrunner (which runs the dump command) and a
-// data mover (which stores the stream in the repository), in both
-// directions. Objects are deleted once moved; the TTL removes leftovers of
-// crashed runs.
+// BucketDumps is the object-store bucket through which a backup's logical
+// dump streams pass from the hookrunner (which runs the dump command) to a
+// data mover (which stores the stream in the repository), and a Kubernetes
+// backup's captured objects from the coordinator. Restores stream the other
+// way through a pipe (WritePipe), not this bucket. Objects are deleted once
+// moved; the TTL removes leftovers of crashed runs.
 const BucketDumps = "tidemark-dumps"
 
 // DumpObject names the object holding one run's dump artifact. The

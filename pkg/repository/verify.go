@@ -11,8 +11,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/kopia/kopia/fs"
+	"github.com/kopia/kopia/fs/localfs"
 	"github.com/kopia/kopia/snapshot"
 	"github.com/kopia/kopia/snapshot/restore"
 )
@@ -48,6 +50,22 @@ func (o *recordingOutput) WriteFile(ctx context.Context, relativePath string, f 
 	}
 	o.files[relativePath] = h.result(f.Size())
 	return nil
+}
+
+// FinishDirectory is kopia's, except at the root of a target whose parent
+// is read-only (a volume mounted in a mover pod with a read-only root
+// filesystem): there kopia, after setting the root's attributes, removes
+// the shallow-restore placeholder beside it (TARGET.kopia-entry), and
+// unlinking in a read-only directory fails even when nothing is there.
+// When nothing is there, nothing needed removing.
+func (o *recordingOutput) FinishDirectory(ctx context.Context, relativePath string, e fs.Directory) error {
+	err := o.FilesystemOutput.FinishDirectory(ctx, relativePath, e)
+	if err != nil && relativePath == "" && errors.Is(err, syscall.EROFS) {
+		if _, statErr := os.Lstat(o.TargetPath + localfs.ShallowEntrySuffix); errors.Is(statErr, os.ErrNotExist) {
+			return nil
+		}
+	}
+	return err
 }
 
 // verify checks the restored tree under dir: every file the snapshot

@@ -51,6 +51,13 @@ type Deps struct {
 	// MoverConcurrency is how many volumes a data mover moves at once
 	// (zero: its default).
 	MoverConcurrency int
+	// Mover shapes the data mover's mover pods on Kubernetes (image,
+	// resources, placement); the data mover adds the repository's
+	// settings and credentials. An empty Image means the data mover's own.
+	Mover kube.MoverOptions
+	// MoverLimit bounds the mover pods one data mover process has at once
+	// on Kubernetes (zero: no bound).
+	MoverLimit int
 }
 
 // Platforms `tidemark serve --platform` offers.

@@ -247,7 +247,7 @@ func (s *Service) complete(ctx context.Context, ev events.Event, done events.Bac
 		// version), so a lost fact cannot lose a point.
 		artifacts = artifacts[:0]
 		for _, a := range done.Artifacts {
-			artifacts = append(artifacts, Artifact{Name: a.Name, Kind: a.Kind, ManifestID: a.ManifestID, Bytes: a.Bytes, Files: a.Files})
+			artifacts = append(artifacts, Artifact{Name: a.Name, Kind: a.Kind, ManifestID: a.ManifestID, Bytes: a.Bytes, Files: a.Files, Consistency: a.Consistency})
 		}
 		merged := map[string]map[string]string{}
 		for step, out := range run.StepOutputs {
@@ -374,7 +374,7 @@ func (r *pendingRun) consistency() string {
 func (p RestorePoint) recordedEvent() events.RestorePointRecorded {
 	arts := make([]events.Artifact, 0, len(p.Artifacts))
 	for _, a := range p.Artifacts {
-		arts = append(arts, events.Artifact{Name: a.Name, Kind: a.Kind, ManifestID: a.ManifestID, Bytes: a.Bytes, Files: a.Files})
+		arts = append(arts, events.Artifact{Name: a.Name, Kind: a.Kind, ManifestID: a.ManifestID, Bytes: a.Bytes, Files: a.Files, Consistency: a.Consistency})
 	}
 	return events.RestorePointRecorded{
 		RestorePointID: p.ID, RunID: p.RunID, Application: p.Application,

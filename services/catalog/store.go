@@ -18,6 +18,11 @@ const (
 	// ConsistencyApplication: the application was held still (locks,
 	// backup mode) while its volumes were snapshotted.
 	ConsistencyApplication = "application"
+	// ConsistencyApplicationLive: held still as for application, but some
+	// volumes had no snapshot (a CSI driver without a snapshot class) and
+	// were read in place while the application was held; as consistent as
+	// the quiesce keeps their files still. Their artifacts say so.
+	ConsistencyApplicationLive = "application-live"
 	// ConsistencyCrash: volumes snapshotted without quiescing; what a
 	// power cut would leave.
 	ConsistencyCrash = "crash"
@@ -61,6 +66,9 @@ type Artifact struct {
 	ManifestID events.ManifestID `json:"manifestId"`
 	Bytes      int64             `json:"bytes"`
 	Files      int64             `json:"files,omitempty"`
+	// Consistency: a volume read live while quiesced, or snapshotted on
+	// its own where a group was asked for (events.Artifact.Consistency).
+	Consistency string `json:"consistency,omitempty"`
 }
 
 // RestorePoint is what the catalog keeps of one successful backup.

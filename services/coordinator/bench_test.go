@@ -6,7 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -82,6 +84,22 @@ func BenchmarkFreezeWindowOverhead(b *testing.B) {
 	}
 }
 
+// processCPU is the CPU time (user and system) this process has used: the
+// services and the embedded NATS server, not pg_restore or PostgreSQL.
+func processCPU(b *testing.B) time.Duration { return rusage(b, syscall.RUSAGE_SELF) }
+
+// childrenCPU is the CPU time of this process's finished children: each
+// pg_restore, the baseline's and the hookrunner's, once it has exited.
+func childrenCPU(b *testing.B) time.Duration { return rusage(b, syscall.RUSAGE_CHILDREN) }
+
+func rusage(b *testing.B, who int) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(who, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // percentile returns the p-th percentile (nearest rank).
@@ -103,9 +121,11 @@ func percentile(ds []time.Duration, p int) time.Duration {
 // interleaved rounds, the baseline runs the blueprint's own pg_restore
 // command on a local copy of the same dump into a fresh database, and
 // Tidemark restores the point into another fresh database: repository →
-// data mover → dumps bucket → the hookrunner's pg_restore stdin. Reported:
-// the medians and tidemark/pg_restore as a throughput ratio (≥ 1 means
-// Tidemark is as fast). Run with -benchtime 1x.
+// data mover → a pipe over core NATS → the hookrunner's pg_restore stdin.
+// Reported: the medians, tidemark/pg_restore as a throughput ratio (≥ 1
+// means Tidemark is as fast) and the CPU this process (every service and
+// the NATS server) used per restore. TIDEMARK_BENCH_CPUPROFILE=FILE writes
+// a CPU profile of the Tidemark restores only. Run with -benchtime 1x.
 func BenchmarkLogicalRestore(b *testing.B) {
 	mb := 1024
 	if v := getenvInt("TIDEMARK_BENCH_DUMP_MB"); v > 0 {
@@ -166,35 +186,61 @@ func BenchmarkLogicalRestore(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	// Profiling only the Tidemark restores (not the data generation or the
+	// backup) shows where the CPU Tidemark adds per byte goes; pg_restore
+	// and the server run in other processes and are not in it.
+	var prof *os.File
+	if path := os.Getenv("TIDEMARK_BENCH_CPUPROFILE"); path != "" {
+		if prof, err = os.Create(path); err != nil {
+			b.Fatal(err)
+		}
+		defer prof.Close()
+	}
 	b.ResetTimer()
 	for range b.N {
-		var base, tm []time.Duration
+		var base, tm, cpu []time.Duration
 		for i := range rounds {
 			fresh("baseline")
 			// The blueprint's restore command, reading a local file.
 			restore := exec.Command("pg_restore", "--no-password", "--clean", "--if-exists", "--single-transaction", "--exit-on-error", "--dbname=baseline", file)
 			restore.Env = append(os.Environ(), "PGHOST="+srv.Host, fmt.Sprintf("PGPORT=%d", srv.Port), "PGUSER="+srv.User, "PGPASSWORD="+srv.Password)
+			k0 := childrenCPU(b)
 			t0 := time.Now()
 			if out, err := restore.CombinedOutput(); err != nil {
 				b.Fatalf("pg_restore: %v: %s", err, out)
 			}
 			base = append(base, time.Since(t0))
+			baseRestoreCPU := childrenCPU(b) - k0
 
 			name := fmt.Sprintf("tidemark_%d", i)
 			fresh(name)
+			if prof != nil && i == 0 {
+				if err := pprof.StartCPUProfile(prof); err != nil {
+					b.Fatal(err)
+				}
+			}
+			c0, k0 := processCPU(b), childrenCPU(b)
 			t0 = time.Now()
 			done := sys.restoreRequest(events.RestoreRequested{RestorePointID: rec.RestorePointID, Target: events.RestoreTarget{Mode: "new"}, Params: map[string]string{"database": name}})
 			if f, failed := events.As[events.RestoreFailed](done); failed {
 				b.Fatalf("restore failed: %s", f.Reason)
 			}
 			tm = append(tm, time.Since(t0))
-			b.Logf("round %d: pg_restore from a file %s, Tidemark %s", i+1, base[i].Round(time.Millisecond), tm[i].Round(time.Millisecond))
+			cpu = append(cpu, processCPU(b)-c0)
+			if prof != nil && i == rounds-1 {
+				pprof.StopCPUProfile()
+			}
+			b.Logf("round %d: pg_restore from a file %s (pg_restore's CPU %s), Tidemark %s (Tidemark's own CPU %s, its pg_restore's %s)", i+1,
+				base[i].Round(time.Millisecond), baseRestoreCPU.Round(time.Millisecond),
+				tm[i].Round(time.Millisecond), cpu[i].Round(time.Millisecond), (childrenCPU(b) - k0).Round(time.Millisecond))
 		}
 		slices.Sort(base)
 		slices.Sort(tm)
+		slices.Sort(cpu)
 		mb, mt := base[len(base)/2], tm[len(tm)/2]
 		b.ReportMetric(mb.Seconds(), "pg_restore-s")
 		b.ReportMetric(mt.Seconds(), "tidemark-s")
+		b.ReportMetric(cpu[len(cpu)/2].Seconds(), "tidemark-cpu-s")
 		b.ReportMetric(mb.Seconds()/mt.Seconds(), "throughput-ratio")
 		b.ReportMetric(float64(dumpBytes)/(1<<20)/mt.Seconds(), "tidemark-MiB/s")
 	}

@@ -16,12 +16,14 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -30,6 +32,7 @@ import (
 	"github.com/tidemark-dev/tidemark/events"
 	"github.com/tidemark-dev/tidemark/pkg/application"
 	"github.com/tidemark-dev/tidemark/pkg/bus"
+	"github.com/tidemark-dev/tidemark/pkg/platform/kube"
 )
 
 // Name is the service's name in `tidemark serve --services`.
@@ -41,6 +44,9 @@ type Bus interface {
 	bus.Consumer
 	bus.KeyValues
 	bus.VersionedKeyValues
+	// ObjectStores: a backup on Kubernetes puts the application's
+	// captured objects in the dumps bucket.
+	bus.ObjectStores
 }
 
 // Config configures a coordinator. Zero values take the defaults below.
@@ -140,15 +146,21 @@ type Service struct {
 	snapResults  *bus.Results
 
 	blueprints blueprintCache
+	sources    storedBlueprints
 	locks      [64]sync.Mutex
-	// cache holds the last revision of each run this instance wrote, so a
-	// transition costs one compare-and-set instead of a read and a write.
-	// Another instance's write makes it stale; the compare-and-set then
-	// fails and the run is read again.
-	cache sync.Map // events.RunID -> bus.Entry
+	// cache holds the last revision of each run this instance wrote, with
+	// the run decoded, so a transition costs one compare-and-set instead of
+	// a read, a decode and a write. Another instance's write makes it
+	// stale; the compare-and-set then fails and the run is read again.
+	// An entry is taken out while a transition works on it and put back
+	// only once written, so a failed transition never leaves a half-changed
+	// run behind.
+	cache sync.Map // events.RunID -> cachedRun
 
 	mu    sync.Mutex
 	owned map[events.RunID]time.Time // run -> when it next needs its owner
+	// leaseRevs holds the revision of each run lease this instance wrote.
+	leaseRevs map[events.RunID]uint64
 }
 
 // New returns a coordinator.
@@ -163,7 +175,7 @@ func New(cfg Config, b Bus) (*Service, error) {
 		return nil, errors.New("coordinator: Apps is required (where applications are defined)")
 	}
 	cfg.defaults()
-	return &Service{cfg: cfg, bus: b, incarnation: uuid.Must(uuid.NewV7()).String(), owned: map[events.RunID]time.Time{}}, nil
+	return &Service{cfg: cfg, bus: b, incarnation: uuid.Must(uuid.NewV7()).String(), owned: map[events.RunID]time.Time{}, leaseRevs: map[events.RunID]uint64{}}, nil
 }
 
 // Run coordinates runs until ctx is done. Runs it owns are left to the
@@ -187,6 +199,13 @@ func (s *Service) Run(ctx context.Context) error {
 	s.snapResults = bus.NewResults(snapKV, "result")
 	if err := s.heartbeat(ctx); err != nil {
 		return ignoreCancel(ctx, err)
+	}
+	if w, ok := s.cfg.Apps.(interface{ Warm() (int, error) }); ok {
+		n, err := w.Warm()
+		if err != nil {
+			s.cfg.Logger.Warn("some application files are not valid; backups of what they define are rejected until they are fixed", "err", err)
+		}
+		s.cfg.Logger.Info("applications read", "count", n)
 	}
 	// Take over the runs of dead instances (this one's previous life
 	// included) before handling any answer: a run left inside the freeze
@@ -287,7 +306,6 @@ func (s *Service) reject(ev events.Event, req events.BackupRequested, running ev
 }
 
 func (s *Service) startBackup(ctx context.Context, ev events.Event, req events.BackupRequested) ([]events.Event, error) {
-	now := s.cfg.Now()
 	id := events.RunID(uuid.NewSHA1(runIDNamespace, []byte(ev.ID)).String())
 	if _, err := s.runs.Entry(ctx, runKey(id)); err == nil {
 		// A redelivered request: the run exists; make sure its first
@@ -308,10 +326,21 @@ func (s *Service) startBackup(ctx context.Context, ev events.Event, req events.B
 	if err != nil {
 		return s.reject(ev, req, "", err.Error()), nil
 	}
+	digest, err := s.storeBlueprint(ctx, source)
+	if err != nil {
+		return nil, err
+	}
 	info, err := appInfo(app, bp)
 	if err != nil {
 		return s.reject(ev, req, "", err.Error()), nil
 	}
+	// Before any step acts (a scale step has not stopped the workload) and
+	// before the run's clock starts: capturing takes seconds.
+	captured, captureNote := s.captureManifests(ctx, id, req.Application)
+	// After the application is resolved (on Kubernetes, seconds of
+	// discovery): the run's clock starts here, and with it the freeze
+	// window its quiesce steps are measured from.
+	now := s.cfg.Now()
 	maxFreeze := bp.MaxFreeze()
 	if req.MaxFreeze != nil {
 		if req.MaxFreeze.Std() <= 0 {
@@ -319,26 +348,40 @@ func (s *Service) startBackup(ctx context.Context, ev events.Event, req events.B
 		}
 		maxFreeze = req.MaxFreeze.Std()
 	}
-	if running, err := s.claimApplication(ctx, req.Application, id); err != nil {
+	running, claim, err := s.claimApplication(ctx, req.Application, id)
+	if err != nil {
 		return nil, err
 	} else if running != "" {
 		return s.reject(ev, req, running, fmt.Sprintf("a backup or restore to production of %s is already running (run %s); this request was rejected, not queued", req.Application, running)), nil
 	}
 	r := &Run{
 		ID: id, Kind: "backup", Application: req.Application, Blueprint: bp.Metadata.Name,
-		BlueprintSource: source, Request: req, App: info, Time: now.UTC().Truncate(time.Second),
-		MaxFreeze: events.Duration(maxFreeze), CreatedAt: now.UTC(), UpdatedAt: now.UTC(),
+		BlueprintDigest: digest, Request: req, App: info, Time: now.UTC().Truncate(time.Second),
+		MaxFreeze: events.Duration(maxFreeze), CreatedAt: now.UTC(), UpdatedAt: now.UTC(), ClaimRevision: claim,
 	}
 	if err := s.takeLease(ctx, id); err != nil {
 		return nil, err
 	}
 	s.own(id)
+	if captured {
+		// Exported with the run's dumps: startExports stores every
+		// artifact named here from the dumps bucket.
+		r.Artifacts = append(r.Artifacts, kube.ManifestArtifact)
+	}
 	sg := &saga{r: r, bp: bp, now: now, cfg: &s.cfg, holders: s.holderLookup(ctx), cause: ev.ID}
 	sg.start()
+	if captureNote != "" {
+		r.log(now, "%s", captureNote)
+	}
 	raw, err := json.Marshal(r)
 	if err != nil {
 		return nil, err
 	}
+	// Held until the first commands are out: their answers are handled
+	// under the same lock, so none of them works on r while it is read here.
+	mu := s.lock(id)
+	mu.Lock()
+	defer mu.Unlock()
 	rev, err := s.runs.Create(ctx, runKey(id), raw)
 	if err != nil {
 		if errors.Is(err, bus.ErrConflict) {
@@ -346,13 +389,12 @@ func (s *Service) startBackup(ctx context.Context, ev events.Event, req events.B
 		}
 		return nil, err
 	}
-	s.cache.Store(id, bus.Entry{Key: runKey(id), Value: raw, Revision: rev})
-	s.cfg.Logger.Info("backup accepted", "run", id, "application", req.Application, "blueprint", r.Blueprint)
-	if err := s.publish(ctx, sg.out); err != nil {
-		return nil, err
-	}
 	s.schedule(r)
-	return nil, nil
+	// Once cached, r belongs to the transitions of the run: the answers to
+	// the commands published below may arrive before this returns.
+	s.cache.Store(id, cachedRun{entry: bus.Entry{Key: runKey(id), Value: raw, Revision: rev}, run: r})
+	s.cfg.Logger.Info("backup accepted", "run", id, "application", req.Application, "blueprint", r.Blueprint)
+	return nil, s.publish(ctx, sg.out)
 }
 
 // holdsApplication says whether r still acts on its application. A backup
@@ -371,50 +413,59 @@ func (r *Run) holdsApplication() bool {
 }
 
 // claimApplication records run as the application's running backup. It
-// returns the run already holding it, if one does.
-func (s *Service) claimApplication(ctx context.Context, app string, run events.RunID) (events.RunID, error) {
+// returns the run already holding it, if one does, else the revision of the
+// claim, with which the run gives it back (releaseApplication).
+func (s *Service) claimApplication(ctx context.Context, app string, run events.RunID) (events.RunID, uint64, error) {
 	for range 10 {
-		_, err := s.runs.Create(ctx, appKey(app), []byte(run))
+		rev, err := s.runs.Create(ctx, appKey(app), []byte(run))
 		if err == nil {
-			return "", nil
+			return "", rev, nil
 		}
 		if !errors.Is(err, bus.ErrConflict) {
-			return "", err
+			return "", 0, err
 		}
 		e, err := s.runs.Entry(ctx, appKey(app))
 		if errors.Is(err, bus.ErrKeyNotFound) {
 			continue
 		}
 		if err != nil {
-			return "", err
+			return "", 0, err
 		}
 		holder := events.RunID(e.Value)
 		if holder == run {
-			return "", nil
+			return "", e.Revision, nil
 		}
 		other, err := s.load(ctx, holder)
 		if err == nil && other.holdsApplication() {
-			return holder, nil
+			return holder, 0, nil
 		}
 		if err != nil && !errors.Is(err, bus.ErrKeyNotFound) {
-			return "", err
+			return "", 0, err
 		}
 		// The recorded run ended (or never got written): take its place.
-		if _, err := s.runs.Update(ctx, appKey(app), []byte(run), e.Revision); err == nil {
-			return "", nil
+		if rev, err := s.runs.Update(ctx, appKey(app), []byte(run), e.Revision); err == nil {
+			return "", rev, nil
 		} else if !errors.Is(err, bus.ErrConflict) {
-			return "", err
+			return "", 0, err
 		}
 	}
-	return "", errors.New("coordinator: application claim kept changing under us; retrying")
+	return "", 0, errors.New("coordinator: application claim kept changing under us; retrying")
 }
 
-func (s *Service) releaseApplication(ctx context.Context, app string, run events.RunID) {
-	e, err := s.runs.Entry(ctx, appKey(app))
-	if err != nil || events.RunID(e.Value) != run {
+// releaseApplication gives back r's claim on its application, if it still
+// holds it. The claim's revision, when the run recorded it, makes that one
+// conditional delete; a claim changed since is someone else's.
+func (s *Service) releaseApplication(ctx context.Context, r *Run) {
+	if r.ClaimRevision != 0 {
+		if err := s.runs.DeleteAt(ctx, appKey(r.Application), r.ClaimRevision); err == nil || errors.Is(err, bus.ErrKeyNotFound) {
+			return
+		}
+	}
+	e, err := s.runs.Entry(ctx, appKey(r.Application))
+	if err != nil || events.RunID(e.Value) != r.ID {
 		return
 	}
-	_ = s.runs.DeleteAt(ctx, appKey(app), e.Revision)
+	_ = s.runs.DeleteAt(ctx, appKey(r.Application), e.Revision)
 }
 
 // runOf names the run an answer belongs to.
@@ -487,21 +538,24 @@ func (s *Service) update(ctx context.Context, id events.RunID, republish bool, f
 	defer mu.Unlock()
 	for attempt := range 20 {
 		var e bus.Entry
+		var r *Run
 		cached := false
-		if c, ok := s.cache.Load(id); ok && attempt == 0 {
-			e, cached = c.(bus.Entry), true
+		if c, ok := s.cache.LoadAndDelete(id); ok && attempt == 0 {
+			e, r, cached = c.(cachedRun).entry, c.(cachedRun).run, true
 		} else {
 			var err error
 			if e, err = s.runs.Entry(ctx, runKey(id)); err != nil {
-				s.cache.Delete(id)
 				return err
 			}
+			r = new(Run)
+			if err := json.Unmarshal(e.Value, r); err != nil {
+				return bus.Permanent(fmt.Errorf("run %s: stored state does not decode: %w", id, err))
+			}
 		}
-		var r Run
-		if err := json.Unmarshal(e.Value, &r); err != nil {
-			return bus.Permanent(fmt.Errorf("run %s: stored state does not decode: %w", id, err))
+		bp, err := s.runBlueprint(ctx, r)
+		if errors.Is(err, errBlueprintUnavailable) {
+			return err
 		}
-		bp, err := s.blueprints.get(&r)
 		if err != nil {
 			if r.Status.Terminal() {
 				return nil // refused before it had a blueprint: nothing to do
@@ -509,52 +563,70 @@ func (s *Service) update(ctx context.Context, id events.RunID, republish bool, f
 			return bus.Permanent(fmt.Errorf("run %s: %w", id, err))
 		}
 		wasTerminal := r.Status.Terminal()
-		sg := &saga{r: &r, bp: bp, now: s.cfg.Now(), cfg: &s.cfg, holders: s.holderLookup(ctx), snapshots: s.snapshotLookup(ctx)}
+		sg := &saga{r: r, bp: bp, now: s.cfg.Now(), cfg: &s.cfg, holders: s.holderLookup(ctx), snapshots: s.snapshotLookup(ctx)}
 		fn(sg)
-		after, err := json.Marshal(&r)
+		before := r.UpdatedAt
+		r.UpdatedAt = sg.now.UTC()
+		after, err := json.Marshal(r)
 		if err != nil {
 			return err
 		}
-		if string(after) == string(e.Value) {
+		if sameRunState(after, e.Value) {
+			r.UpdatedAt = before
 			if cached {
 				// "Nothing to do" is only true of the latest state: another
 				// instance may have moved the run past what this one saw.
-				s.cache.Delete(id)
 				continue
 			}
-			if republish {
-				return s.publish(ctx, outstanding(&r, sg, s.cfg.Now().Add(-republishWindow)))
+			if !r.Status.Terminal() {
+				s.cache.Store(id, cachedRun{entry: e, run: r})
 			}
-			s.schedule(&r)
+			if republish {
+				return s.publish(ctx, outstanding(r, sg, s.cfg.Now().Add(-republishWindow)))
+			}
+			s.schedule(r)
 			return nil
-		}
-		r.UpdatedAt = sg.now.UTC()
-		if after, err = json.Marshal(&r); err != nil {
-			return err
 		}
 		rev, err := s.runs.Update(ctx, runKey(id), after, e.Revision)
 		if errors.Is(err, bus.ErrConflict) {
-			s.cache.Delete(id)
 			continue
 		} else if err != nil {
-			s.cache.Delete(id)
 			return err
 		}
-		if r.Status.Terminal() {
-			s.cache.Delete(id)
-		} else {
-			s.cache.Store(id, bus.Entry{Key: runKey(id), Value: after, Revision: rev})
+		if !r.Status.Terminal() {
+			s.cache.Store(id, cachedRun{entry: bus.Entry{Key: runKey(id), Value: after, Revision: rev}, run: r})
 		}
 		if err := s.publish(ctx, sg.out); err != nil {
 			return err
 		}
 		if !wasTerminal && r.Status.Terminal() {
-			s.finished(ctx, &r)
+			s.finished(ctx, r)
 		}
-		s.schedule(&r)
+		s.schedule(r)
 		return nil
 	}
 	return fmt.Errorf("coordinator: run %s kept changing concurrently; will retry", id)
+}
+
+// cachedRun is a run as this instance last wrote it: the stored entry and
+// the same state decoded. Only a transition holding the run's lock uses it.
+type cachedRun struct {
+	entry bus.Entry
+	run   *Run
+}
+
+// sameRunState reports whether two encodings of a run differ at most in
+// updatedAt, the first field of a Run (see Run): what follows the first
+// comma is the rest of the state, since a timestamp holds no comma. A record
+// written with another field order compares as changed, which costs one
+// write.
+func sameRunState(a, b []byte) bool {
+	const prefix = `{"updatedAt":`
+	if !bytes.HasPrefix(a, []byte(prefix)) || !bytes.HasPrefix(b, []byte(prefix)) {
+		return false
+	}
+	i, j := bytes.IndexByte(a, ','), bytes.IndexByte(b, ',')
+	return i > 0 && j > 0 && bytes.Equal(a[i:], b[j:])
 }
 
 // republishWindow is how far back an unanswered command is published again
@@ -595,7 +667,12 @@ func (s *Service) publish(ctx context.Context, evs []events.Event) error {
 
 // finished runs once when a run ends.
 func (s *Service) finished(ctx context.Context, r *Run) {
-	s.releaseApplication(ctx, r.Application, r.ID)
+	s.releaseApplication(ctx, r)
+	if r.Kind == KindBackup && r.Status != StatusCompleted && slices.Contains(r.Artifacts, kube.ManifestArtifact) {
+		// The captured objects hold the application's Secrets; an
+		// exported copy the data mover already deleted.
+		s.discardManifests(ctx, r.ID)
+	}
 	s.cfg.Logger.Info("run ended", "run", r.ID, "application", r.Application, "status", r.Status, "cause", r.Cause, "freeze", r.FreezeWindow())
 }
 

@@ -308,6 +308,19 @@ func (s *system) waitStatus(run events.RunID, timeout time.Duration) coordinator
 	}
 }
 
+// waitSnapshotsDeleted waits until the snapshotter has confirmed deleting
+// the run's snapshots.
+func (s *system) waitSnapshotsDeleted(run events.RunID, timeout time.Duration) {
+	s.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !s.runState(run).SnapshotsDeleted {
+		if time.Now().After(deadline) {
+			s.t.Fatalf("run %s: its snapshots were not deleted within %s; history:\n%s", run, timeout, history(s.runState(run)))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func history(r coordinator.Run) string {
 	var b strings.Builder
 	for _, h := range r.History {

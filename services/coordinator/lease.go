@@ -38,10 +38,22 @@ func (s *Service) myLease() []byte {
 
 // takeLease makes this instance the owner of a new run.
 func (s *Service) takeLease(ctx context.Context, id events.RunID) error {
-	if _, err := s.leases.Create(ctx, leaseKey(id), s.myLease()); err != nil && !errors.Is(err, bus.ErrConflict) {
+	rev, err := s.leases.Create(ctx, leaseKey(id), s.myLease())
+	if err != nil && !errors.Is(err, bus.ErrConflict) {
 		return err
 	}
+	if err == nil {
+		s.rememberLease(id, rev)
+	}
 	return nil
+}
+
+// rememberLease keeps the revision of a lease this instance wrote, so
+// giving it back is one conditional delete.
+func (s *Service) rememberLease(id events.RunID, rev uint64) {
+	s.mu.Lock()
+	s.leaseRevs[id] = rev
+	s.mu.Unlock()
 }
 
 // livenessLoop renews this instance's heartbeat and takes over the runs of
@@ -98,9 +110,11 @@ func (s *Service) scan(ctx context.Context) {
 		if inc, ok := alive[l.Owner]; ok && inc == l.Incarnation {
 			continue
 		}
-		if _, err := s.leases.Update(ctx, e.Key, s.myLease(), e.Revision); err != nil {
+		rev, err := s.leases.Update(ctx, e.Key, s.myLease(), e.Revision)
+		if err != nil {
 			continue // another survivor was faster
 		}
+		s.rememberLease(run, rev)
 		s.takeOver(ctx, run, l.Owner)
 	}
 }
@@ -148,6 +162,7 @@ func (s *Service) own(id events.RunID) {
 func (s *Service) disown(id events.RunID) {
 	s.mu.Lock()
 	delete(s.owned, id)
+	delete(s.leaseRevs, id)
 	s.mu.Unlock()
 }
 
@@ -165,8 +180,10 @@ func (s *Service) schedule(r *Run) {
 	next := r.nextWake()
 	if r.Status.Terminal() && next.IsZero() {
 		delete(s.owned, r.ID)
+		rev := s.leaseRevs[r.ID]
+		delete(s.leaseRevs, r.ID)
 		s.mu.Unlock()
-		s.giveBack(r.ID)
+		s.giveBack(r.ID, rev)
 		return
 	}
 	recheck := s.cfg.Now().Add(s.cfg.Recheck)
@@ -177,9 +194,16 @@ func (s *Service) schedule(r *Run) {
 	s.mu.Unlock()
 }
 
-func (s *Service) giveBack(id events.RunID) {
+// giveBack deletes the run's lease if it is still this instance's: at the
+// revision this instance wrote (rev, when known), else after reading it.
+func (s *Service) giveBack(id events.RunID, rev uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if rev != 0 {
+		if err := s.leases.DeleteAt(ctx, leaseKey(id), rev); err == nil || errors.Is(err, bus.ErrKeyNotFound) {
+			return
+		}
+	}
 	e, err := s.leases.Entry(ctx, leaseKey(id))
 	if err != nil {
 		return

@@ -26,7 +26,15 @@ var ErrNoBlueprint = errors.New("blueprint not found")
 // the run keeps so all its steps render from the same blueprint.
 func (c *blueprintCache) load(ref, baseDir string) ([]byte, *blueprint.Blueprint, error) {
 	if ref == "" {
-		return nil, nil, fmt.Errorf("%w: no blueprint named (set spec.blueprint in the Application, or blueprint in the request)", ErrNoBlueprint)
+		return nil, nil, fmt.Errorf("%w: no blueprint named: bind one to the application (spec.blueprint in its Application file; on Kubernetes, the annotation tidemark.io/blueprint on its workload or custom resource) or name one in the request (tidemark backup --blueprint)", ErrNoBlueprint)
+	}
+	if name, data, ok := application.EmbeddedBlueprint(ref); ok {
+		// A platform read it from its own store (a Blueprint object).
+		bp, err := c.parse(name, data)
+		if err != nil {
+			return nil, nil, err
+		}
+		return data, bp, nil
 	}
 	var data []byte
 	var file string
@@ -86,6 +94,9 @@ func appInfo(app *application.Application, bp *blueprint.Blueprint) (AppInfo, er
 	params, err := bp.ParamValues(app.Spec.Params)
 	if err != nil {
 		return AppInfo{}, fmt.Errorf("application %s: spec.params: %w", app.Metadata.Name, err)
+	}
+	if app.Resolved != nil {
+		return resolvedAppInfo(app, params)
 	}
 	ns := ""
 	if i := strings.IndexByte(app.Metadata.Name, '/'); i > 0 {
@@ -159,15 +170,33 @@ func (r *Run) templateContext(bp *blueprint.Blueprint) blueprint.TemplateContext
 			}
 		}
 	}
+	pc, params := r.App.platformContext()
+	switch {
+	case pc.Volumes != nil && r.Restore == nil:
+		volumes = pc.Volumes
+	case pc.Volumes != nil:
+		// Where the platform names volumes itself (Kubernetes: a PVC, in
+		// .Namespace), a restored volume keeps its name: the restore went
+		// into the PVC of that name, the application's or the copy's.
+		volumes = map[string]string{}
+		for _, a := range r.Restore.Artifacts {
+			if v, ok := pc.Volumes[a.Name]; ok && a.Location != "" {
+				volumes[a.Name] = v
+			}
+		}
+	}
 	return blueprint.TemplateContext{
-		Backup:    backup,
-		Restore:   restore,
-		App:       blueprint.App{Name: r.App.Name, Namespace: r.App.Namespace, Volumes: volumes},
-		Namespace: r.App.Namespace,
-		Targets:   r.App.Targets,
-		Steps:     steps,
-		Secrets:   blueprint.SecretPlaceholders(bp),
-		Params:    r.App.Params,
-		Time:      r.Time,
+		Backup:      backup,
+		Restore:     restore,
+		App:         blueprint.App{Name: r.App.Name, Namespace: r.App.Namespace, Volumes: volumes},
+		Namespace:   r.App.Namespace,
+		Targets:     r.App.Targets,
+		StatefulSet: pc.StatefulSet,
+		Deployment:  pc.Deployment,
+		Object:      pc.Object,
+		Steps:       steps,
+		Secrets:     blueprint.SecretPlaceholders(bp),
+		Params:      params,
+		Time:        r.Time,
 	}
 }

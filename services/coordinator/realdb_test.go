@@ -174,6 +174,8 @@ func TestMariaDBUnderALiveWriter(t *testing.T) {
 		if _, ok := p.StepOutputs["lock"]["gtid_current_pos"]; !ok {
 			t.Errorf("step outputs %v: want the replication positions read under the lock", p.StepOutputs)
 		}
+		// The snapshots are deleted after the restore point is recorded.
+		sys.waitSnapshotsDeleted(run, 30*time.Second)
 		if left := sys.snapshotsOf(run); len(left) != 0 {
 			t.Errorf("snapshots left: %v", left)
 		}

@@ -449,35 +449,7 @@ spec:
 		}
 	}
 
-	target := filepath.Join(dbserver.PostgreSQLDir(t), "restored")
-	done := sys.restoreRequest(events.RestoreRequested{
-		RestorePointID: rec.RestorePointID, Target: events.RestoreTarget{Mode: "new", Name: target},
-		Params: map[string]string{"pgdata": filepath.Join(target, "pgdata")},
-	})
-	if f, failed := events.As[events.RestoreFailed](done); failed {
-		t.Fatalf("restore failed: %s", f.Reason)
-	}
-	restored, err := dbserver.PostgreSQLOn(t, filepath.Join(target, "pgdata"), srv.Password)
-	if err != nil {
-		t.Fatalf("the restored PostgreSQL does not start: %v", err)
-	}
-	if log, _ := os.ReadFile(restored.LogPath()); !strings.Contains(string(log), "consistent recovery state reached") {
-		t.Errorf("the restored server's log does not say it recovered from the backup label:\n%s", log)
-	}
-	rdb, err := sql.Open("pgx", restored.PostgresDSN(""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rdb.Close()
-	got := ticks(t, rdb, "ticks")
-	if len(got) == 0 || len(got) >= len(source) {
-		t.Fatalf("restored %d rows of %d: want a non-empty prefix", len(got), len(source))
-	}
-	for i, row := range got {
-		if row.id != int64(i+1) || !row.at.Equal(source[i].at) {
-			t.Fatalf("restored row %d (id %d) is not the source's row %d", i, row.id, i+1)
-		}
-	}
+	got := restorePostgreSQLPhysical(t, sys, srv, rec.RestorePointID, source)
 	last := got[len(got)-1].at
 	t.Logf("restored %d of %d rows; last row at %s; backup mode %s → %s",
 		len(got), len(source), last.Format("15:04:05.000000"), inBackupMode.StartedAt.Format("15:04:05.000000"), stopped.Format("15:04:05.000000"))
@@ -780,4 +752,103 @@ func TestRestoreWithAWrongRepositoryPasswordChangesNothing(t *testing.T) {
 			t.Errorf("a %s event carries the password", e.Type())
 		}
 	}
+}
+
+// editsBlueprint is the bundled postgres blueprint with its restore's
+// backuplabel exec step and wal dump step replaced by edits on the
+// restore's snapshot step: what the Kubernetes variant does, where no pod
+// runs to exec into while the volume is filled.
+func editsBlueprint(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile("../../blueprints/postgres/blueprint.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(data)
+	restore := strings.Index(s, "    restore:\n")
+	i, j := strings.Index(s[restore:], "      - name: snapshot\n"), strings.Index(s[restore:], "      - name: start\n")
+	i, j = i+restore, j+restore
+	if restore < 0 || i < restore || j < i || !strings.Contains(s[i:j], "name: backuplabel") || !strings.Contains(s[i:j], "name: wal") {
+		t.Fatal("the bundled postgres blueprint changed shape; update editsBlueprint")
+	}
+	return s[:i] + `      - name: snapshot
+        kind: snapshot
+        snapshot:
+          edits:
+            - volume: pgdata
+              remove: [postmaster.pid, postmaster.opts, "pg_wal/????????????????????????"]
+              files:
+                backup_label: '{{ .Backup.Steps.backupmode.Output.labelfile }}'
+              extract:
+                - artifact: pg_wal.tar
+                  into: pg_wal
+` + s[j:]
+}
+
+// A PostgreSQL base backup restored through volume edits: the data mover
+// writes the backup label and unpacks the WAL into the restored copy
+// before any later step, and the copy recovers from the label.
+func TestPostgreSQLPhysicalRestoreThroughVolumeEdits(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two PostgreSQL servers")
+	}
+	srv, db := startPostgreSQL(t, "CREATE TABLE ticks (id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())")
+	sys := newSystem(t)
+	sys.startAll()
+	bp := sys.writeFile("postgres-edits.blueprint.yaml", strings.Replace(editsBlueprint(t), "name: postgres\n", "name: postgres-edits\n", 1))
+	sys.app("shop/postgres", bp, map[string]string{"pgdata": srv.DataDir}, postgresApp(srv, ""))
+	k := startTicker(t, db, "INSERT INTO ticks DEFAULT VALUES")
+	time.Sleep(300 * time.Millisecond)
+	run := sys.backup("shop/postgres")
+	rec, ok := events.As[events.RestorePointRecorded](sys.outcome(run, 2*time.Minute))
+	if !ok {
+		t.Fatalf("backup failed; history:\n%s", history(sys.runState(run)))
+	}
+	time.Sleep(100 * time.Millisecond)
+	k.halt()
+	source := ticks(t, db, "ticks")
+
+	got := restorePostgreSQLPhysical(t, sys, srv, rec.RestorePointID, source)
+	t.Logf("restored %d of %d rows through volume edits", len(got), len(source))
+}
+
+// restorePostgreSQLPhysical restores a PostgreSQL base backup to a new data
+// directory, starts a server on it and checks that it recovered from the
+// backup label and holds a non-empty, gap-free prefix of source's ticks.
+func restorePostgreSQLPhysical(t *testing.T, sys *system, srv *dbserver.Server, point events.RestorePointID, source []tick) []tick {
+	t.Helper()
+	target := filepath.Join(dbserver.PostgreSQLDir(t), "restored")
+	pgdata := filepath.Join(target, "pgdata")
+	done := sys.restoreRequest(events.RestoreRequested{
+		RestorePointID: point, Target: events.RestoreTarget{Mode: "new", Name: target},
+		Params: map[string]string{"pgdata": pgdata},
+	})
+	if f, failed := events.As[events.RestoreFailed](done); failed {
+		t.Fatalf("restore failed: %s", f.Reason)
+	}
+	if _, err := os.Stat(filepath.Join(pgdata, "postmaster.pid")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("postmaster.pid in the restored copy: %v, want removed", err)
+	}
+	restored, err := dbserver.PostgreSQLOn(t, pgdata, srv.Password)
+	if err != nil {
+		t.Fatalf("the restored PostgreSQL does not start: %v", err)
+	}
+	if log, _ := os.ReadFile(restored.LogPath()); !strings.Contains(string(log), "consistent recovery state reached") {
+		t.Errorf("the restored server's log does not say it recovered from the backup label:\n%s", log)
+	}
+	rdb, err := sql.Open("pgx", restored.PostgresDSN(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	got := ticks(t, rdb, "ticks")
+	if len(got) == 0 || len(got) >= len(source) {
+		t.Fatalf("restored %d rows of %d: want a non-empty prefix", len(got), len(source))
+	}
+	for i, row := range got {
+		if row.id != int64(i+1) || !row.at.Equal(source[i].at) {
+			t.Fatalf("restored row %d (id %d) is not the source's row %d", i, row.id, i+1)
+		}
+	}
+	return got
 }

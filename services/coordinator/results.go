@@ -127,6 +127,9 @@ func (s *saga) onHookFailed(ev events.Event, p events.HookFailed) {
 		return
 	}
 	errText := fmt.Sprintf("step %s failed: %s", t.Name, p.Error)
+	// What a step changed before it failed is kept: its inverse is
+	// rendered from it.
+	t.Outputs = mergeOutputs(t.Outputs, p.Outputs)
 	if t.Role == RoleInverse {
 		if !p.Permanent && s.scheduleRetry(t, p.Error) {
 			return
@@ -191,11 +194,29 @@ func (s *saga) onHookReleased(ev events.Event, p events.HookReleased) {
 	}
 }
 
-// spontaneousRelease handles a lock its hookrunner let go by itself: the
-// dead man's switch, or its shutdown.
+// spontaneousRelease handles a lock its hookrunner let go by itself (the
+// dead man's switch, or its shutdown), or that ended with a lost
+// hookrunner's session (another hookrunner says so: "disconnect").
 func (s *saga) spontaneousRelease(p events.HookReleased) {
 	r := s.r
-	if r.Status == StatusRunning && !r.quiescedWorkDone() {
+	// A lost hookrunner ("disconnect") is noticed some seconds after it
+	// died, so its session may have ended before the snapshots even if
+	// they are complete now: the run cannot show it was consistent.
+	lost := p.By == "disconnect"
+	if r.Status == StatusRunning && (lost || !r.quiescedWorkDone()) {
+		// The lock is gone already: its release is not owed any more (for a
+		// lost hookrunner it could not be delivered anywhere).
+		for _, o := range r.Owed {
+			if o.Step == p.Step && o.Release {
+				s.settleOwed(o, "release "+p.Step, "succeeded", 0, "")
+				r.Compensations = append(r.Compensations, events.Compensation{Step: "release " + p.Step, Outcome: "succeeded"})
+				break
+			}
+		}
+		if lost {
+			s.fail(fmt.Sprintf("the hookrunner holding the lock of step %s was lost (%s); the lock ended with its session, so the snapshot cannot be shown to be consistent", p.Step, p.Error), p.Step)
+			return
+		}
 		s.fail(fmt.Sprintf("the lock of step %s was released by its hookrunner (%s) after %s, before the snapshots (and the exports of volumes read live) were complete; what is read now would not be consistent", p.Step, p.By, p.HeldFor), p.Step)
 		return
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tidemark-dev/tidemark/events"
+	"github.com/tidemark-dev/tidemark/pkg/application"
 	"github.com/tidemark-dev/tidemark/pkg/blueprint"
 	"github.com/tidemark-dev/tidemark/pkg/bus"
 )
@@ -151,6 +152,11 @@ type AppInfo struct {
 	Volumes   map[string]string `json:"volumes,omitempty"`
 	Params    map[string]string `json:"params,omitempty"`
 	Targets   []string          `json:"targets,omitempty"`
+	// Platform is the platform's part of the template context
+	// (.StatefulSet, .Deployment, .Object on Kubernetes), fixed when the
+	// run starts so every transition, on whichever coordinator, renders
+	// the same steps, even after a scale step took the pods away.
+	Platform *application.PlatformContext `json:"platform,omitempty"`
 }
 
 // Event is one line of a run's history, for `tidemark runs show`.
@@ -162,13 +168,20 @@ type Event struct {
 // Run is the durable state of one backup run, kept in the runs bucket and
 // written with compare-and-set on its revision.
 type Run struct {
+	// UpdatedAt comes first: a transition tells a changed run from an
+	// unchanged one by comparing the encodings after it (sameRunState).
+	UpdatedAt   time.Time    `json:"updatedAt"`
 	ID          events.RunID `json:"id"`
 	Kind        string       `json:"kind"`
 	Application string       `json:"application"`
 	Blueprint   string       `json:"blueprint"`
-	// BlueprintSource is the blueprint file as read when the run started;
-	// every step of the run renders from it.
-	BlueprintSource []byte                 `json:"blueprintSource"`
+	// BlueprintDigest names the blueprint file as read when the run
+	// started, stored apart (see runBlueprint); every step of the run
+	// renders from it.
+	BlueprintDigest string `json:"blueprintDigest,omitempty"`
+	// BlueprintSource is the blueprint itself, in runs written before
+	// sources were stored apart.
+	BlueprintSource []byte                 `json:"blueprintSource,omitempty"`
 	Request         events.BackupRequested `json:"request"`
 	App             AppInfo                `json:"app"`
 	Status          Status                 `json:"status"`
@@ -204,9 +217,11 @@ type Run struct {
 	BytesRead     int64        `json:"bytesRead,omitempty"`
 	BytesUploaded int64        `json:"bytesUploaded,omitempty"`
 	CreatedAt     time.Time    `json:"createdAt"`
-	UpdatedAt     time.Time    `json:"updatedAt"`
-	FinishedAt    *time.Time   `json:"finishedAt,omitempty"`
-	History       []Event      `json:"history,omitempty"`
+	// ClaimRevision is the revision of the run's claim on its application
+	// (a backup, or a restore to production), which it deletes when it ends.
+	ClaimRevision uint64     `json:"claimRevision,omitempty"`
+	FinishedAt    *time.Time `json:"finishedAt,omitempty"`
+	History       []Event    `json:"history,omitempty"`
 }
 
 // Run kinds.

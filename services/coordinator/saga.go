@@ -214,7 +214,12 @@ func (s *saga) advance() {
 			st := &action[r.Cursor]
 			if st.Kind == blueprint.KindSnapshot {
 				if r.Kind == KindRestore {
-					s.startImports()
+					edits, err := s.importEdits(st)
+					if err != nil {
+						s.fail(fmt.Sprintf("step %s: %v", st.Name, err), st.Name)
+						return
+					}
+					s.startImports(edits)
 					continue
 				}
 				s.sendSnapshot(st)
@@ -539,11 +544,16 @@ func (s *saga) sendInverse(o Owed) bool {
 		return true
 	case o.Deferred:
 		bpStep := s.action().Step(o.Step)
-		if step == nil || step.State != TaskSucceeded || bpStep == nil {
+		// A step that failed after it acted reported what it changed.
+		if step == nil || bpStep == nil || (step.State != TaskSucceeded && len(step.Outputs) == 0) {
 			s.settleOwed(o, o.Step+"-inverse", "failed", 0, "its inverse needs the step's outputs, which never arrived")
 			return false
 		}
-		inv, err := bpStep.RenderInverse(r.templateContext(s.bp))
+		ctx := r.templateContext(s.bp)
+		if step.State != TaskSucceeded {
+			ctx.Steps[step.Name] = blueprint.StepResult{Output: step.Outputs}
+		}
+		inv, err := bpStep.RenderInverse(ctx)
 		if err != nil || inv == nil {
 			s.settleOwed(o, o.Step+"-inverse", "failed", 0, fmt.Sprintf("its inverse cannot be rendered: %v", err))
 			return false
@@ -724,7 +734,7 @@ func (s *saga) afterCleanup() {
 
 // startImports restores every volume of the plan, in parallel: the restore
 // action's barrier.
-func (s *saga) startImports() {
+func (s *saga) startImports(edits map[string]*events.VolumeEdits) {
 	r := s.r
 	r.Stage = StageImport
 	n := 0
@@ -739,9 +749,48 @@ func (s *saga) startImports() {
 		}
 		s.newTask("import/"+a.Name, "import "+a.Name, RoleImport, events.VolumeImportRequested{
 			RunID: r.ID, Volume: a.Name, ManifestID: a.ManifestID, Repository: s.cfg.Repository, TargetKind: kind, Target: a.Location,
+			Edits: edits[a.Name],
 		}, s.cfg.ExportTimeout, s.cfg.ExportAttempts, 0)
 	}
 	r.log(s.now, "importing %d volume(s)", n)
+}
+
+// importEdits renders a restore's snapshot step and maps its edits onto
+// the volumes it imports, naming each extracted artifact by its snapshot.
+func (s *saga) importEdits(st *blueprint.Step) (map[string]*events.VolumeEdits, error) {
+	r := s.r
+	rs, err := st.Render(r.templateContext(s.bp))
+	if err != nil {
+		return nil, fmt.Errorf("cannot be rendered: %w", err)
+	}
+	if len(rs.Spec) == 0 {
+		return nil, nil
+	}
+	var spec blueprint.SnapshotSpec
+	if err := json.Unmarshal(rs.Spec, &spec); err != nil {
+		return nil, fmt.Errorf("its snapshot spec does not decode: %w", err)
+	}
+	out := map[string]*events.VolumeEdits{}
+	for _, e := range spec.Edits {
+		a := r.Restore.artifact(e.Volume)
+		switch {
+		case a == nil:
+			r.log(s.now, "step %s: edits of volume %s skipped: this restore does not import it", st.Name, e.Volume)
+			continue
+		case a.Kind != "volume":
+			return nil, fmt.Errorf("edits name %q, which is a %s, not a volume", e.Volume, a.Kind)
+		}
+		ve := &events.VolumeEdits{Dir: e.Dir, Remove: e.Remove, Files: e.Files}
+		for _, x := range e.Extract {
+			t := r.Restore.artifact(x.Artifact)
+			if t == nil {
+				return nil, fmt.Errorf("edits of volume %s extract artifact %q, which this restore does not hold (left out with --only, or not in the point)", e.Volume, x.Artifact)
+			}
+			ve.Extract = append(ve.Extract, events.TarExtract{ManifestID: t.ManifestID, Into: x.Into})
+		}
+		out[e.Volume] = ve
+	}
+	return out, nil
 }
 
 // startChecks opens each artifact of the restore in the repository before
@@ -837,13 +886,21 @@ func touchesSource(rs blueprint.RenderedStep, volumes map[string]string) string 
 // artifacts lists what the exports stored, by name.
 func (r *Run) artifacts() []events.Artifact {
 	var out []events.Artifact
+	consistency := map[string]string{}
+	for _, sn := range r.Snapshots {
+		consistency[sn.Volume] = sn.Consistency
+	}
 	for _, t := range r.Tasks {
 		if t.Role != RoleExport || t.State != TaskSucceeded {
 			continue
 		}
 		bytes, _ := strconv.ParseInt(t.Outputs["bytes"], 10, 64)
 		files, _ := strconv.ParseInt(t.Outputs["files"], 10, 64)
-		out = append(out, events.Artifact{Name: t.Outputs["volume"], Kind: t.Outputs["kind"], ManifestID: events.ManifestID(t.Outputs["manifestId"]), Bytes: bytes, Files: files})
+		a := events.Artifact{Name: t.Outputs["volume"], Kind: t.Outputs["kind"], ManifestID: events.ManifestID(t.Outputs["manifestId"]), Bytes: bytes, Files: files}
+		if a.Kind == "volume" {
+			a.Consistency = consistency[a.Name]
+		}
+		out = append(out, a)
 	}
 	slices.SortFunc(out, func(a, b events.Artifact) int { return strings.Compare(a.Name, b.Name) })
 	return out
@@ -871,6 +928,11 @@ func (r *Run) stepOutputs() map[string]map[string]string {
 func (r *Run) consistency() string {
 	switch {
 	case r.FreezeStart != nil && len(r.Snapshots) > 0:
+		for _, sn := range r.Snapshots {
+			if sn.Method == "live" {
+				return "application-live"
+			}
+		}
 		return "application"
 	case len(r.Snapshots) == 0 && len(r.Artifacts) > 0:
 		return "logical"

@@ -1,6 +1,7 @@
 package coordinator_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/tidemark-dev/tidemark/events"
+	"github.com/tidemark-dev/tidemark/pkg/bus"
+	"github.com/tidemark-dev/tidemark/pkg/platform"
 	"github.com/tidemark-dev/tidemark/services/coordinator"
 )
 
@@ -218,6 +221,31 @@ func TestSecondBackupOfTheSameApplicationIsRejected(t *testing.T) {
 	if _, ok := events.As[events.RestorePointRecorded](sys.outcome(second, 60*time.Second)); !ok {
 		t.Fatal("the second run did not complete")
 	}
+	// Both runs gave back what they held: the application's claim and each
+	// run's lease. A leftover claim would refuse every later backup.
+	sys.waitStatus(second, 10*time.Second)
+	ctx := context.Background()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		runs, err := sys.env.Bus.KeyValue(ctx, bus.BucketRuns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leases, err := sys.env.Bus.KeyValue(ctx, bus.BucketLeases)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, claimErr := runs.Get(ctx, bus.KeyFor("app", app.name))
+		_, firstErr := leases.Get(ctx, "run."+string(first))
+		_, secondErr := leases.Get(ctx, "run."+string(second))
+		if errors.Is(claimErr, bus.ErrKeyNotFound) && errors.Is(firstErr, bus.ErrKeyNotFound) && errors.Is(secondErr, bus.ErrKeyNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("left behind after both runs ended: application claim %v, lease of the first run %v, of the second %v (want all not found)", claimErr, firstErr, secondErr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func TestUnknownApplicationIsRejectedWithTheReason(t *testing.T) {
@@ -359,8 +387,8 @@ spec:
 }
 
 // A volume the platform cannot snapshot (read live) is exported while the
-// application is still quiesced, and only then thawed; the point is then
-// application-consistent.
+// application is still quiesced, and only then thawed; the point says so:
+// application-live, and the volume's artifact names how it was read.
 func TestLiveVolumeIsExportedBeforeTheThaw(t *testing.T) {
 	sys := newSystem(t)
 	sys.liveVolumes = map[string]bool{"data": true}
@@ -374,8 +402,16 @@ func TestLiveVolumeIsExportedBeforeTheThaw(t *testing.T) {
 	if !ok {
 		t.Fatalf("backup failed; history:\n%s", history(sys.runState(run)))
 	}
-	if rec.Consistency != "application" {
-		t.Errorf("consistency %q, want application: the live volume was read under the lock", rec.Consistency)
+	if rec.Consistency != "application-live" {
+		t.Errorf("consistency %q, want application-live: the live volume was read under the lock, not snapshotted", rec.Consistency)
+	}
+	if len(rec.Artifacts) == 0 || rec.Artifacts[0].Name != "data" || rec.Artifacts[0].Consistency != platform.ConsistencyLive {
+		t.Errorf("artifacts %+v: want data's to say %q", rec.Artifacts, platform.ConsistencyLive)
+	}
+	for _, e := range sys.env.Facts() {
+		if r, ok := events.As[events.SnapshotReady](e); ok && r.RunID == run && (len(r.Snapshots) != 1 || r.Snapshots[0].Consistency != platform.ConsistencyLive) {
+			t.Errorf("snapshot.ready %+v: want the live volume's consistency said", r.Snapshots)
+		}
 	}
 	var exported, thawed time.Time
 	for _, e := range sys.env.Facts() {

@@ -3,11 +3,12 @@
 // the data movers' work queue, so N movers (Concurrency per process, times
 // processes) move N volumes at once.
 //
-// A snapshot export reads the snapshot's directory (found by a Resolver);
-// a dump export reads the stream the dump step left in the dumps bucket
-// under bus.DumpObject(run, artifact), where the request's Volume is the
-// artifact, and deletes it once stored. An import writes a directory, or
-// puts a dump back into the bucket for the restore's dump step to read.
+// A snapshot export reads the snapshot's directory (found by a Resolver),
+// or, on Kubernetes, is handed to a mover pod (Config.Volumes, see
+// PodMover); a dump export reads the stream the dump step left in the
+// dumps bucket under bus.DumpObject(run, artifact), where the request's
+// Volume is the artifact, and deletes it once stored. An import writes a directory, or
+// streams a dump through a pipe (bus.Pipes) to the restore's dump step.
 //
 // Progress is reported about once a second; the result
 // (volume.exported/imported or .failed) is kept in KV by idempotency key,
@@ -54,8 +55,12 @@ var ErrDumpNotFound = errors.New("dump stream not found")
 
 // permanent reports whether a failed move cannot succeed on a retry.
 func permanent(err error) bool {
-	return repository.IsPermanent(err) || errors.Is(err, ErrUnsupported) || errors.Is(err, ErrSnapshotNotFound) || errors.Is(err, ErrDumpNotFound) ||
-		errors.Is(err, bus.ErrPipeAborted) || errors.Is(err, bus.ErrPipeRestarted)
+	var pe *moverError
+	if errors.As(err, &pe) && pe.permanent {
+		return true
+	}
+	return repository.IsPermanent(err) || errors.Is(err, ErrUnsupported) || errors.Is(err, ErrSnapshotNotFound) || errors.Is(err, ErrDumpNotFound) || errors.Is(err, ErrInvalidEdits) ||
+		errors.Is(err, bus.ErrPipeAborted) || errors.Is(err, bus.ErrPipeRestarted) || errors.Is(err, bus.ErrPipeReaderGone)
 }
 
 // Repository is what a mover needs of the repository.
@@ -72,10 +77,23 @@ var _ Repository = (*repository.Repository)(nil)
 // Resolver finds the directory holding a snapshot's data.
 type Resolver func(ctx context.Context, id events.SnapshotID) (string, error)
 
+// VolumeMover moves volumes somewhere other than this process: snapshot
+// exports and directory or replacing imports (dumps and checks stay
+// here, they touch no volume). PodMover runs each in a mover pod.
+type VolumeMover interface {
+	Export(ctx context.Context, req events.VolumeExportRequested, progress func(repository.Progress)) (repository.ExportResult, error)
+	// Import returns where a replacing import kept the previous contents.
+	Import(ctx context.Context, req events.VolumeImportRequested, progress func(repository.Progress)) (res repository.ImportResult, previous string, err error)
+}
+
 // Config configures a data mover.
 type Config struct {
 	Repository Repository
-	Resolver   Resolver
+	// Resolver finds snapshots in this process's reach; not needed with
+	// Volumes.
+	Resolver Resolver
+	// Volumes, when set, moves the volumes instead of this process.
+	Volumes VolumeMover
 	// Concurrency is how many volumes this process moves at once.
 	Concurrency int
 	// AckWait is how long a work item stays with a mover that stopped
@@ -95,6 +113,7 @@ type Bus interface {
 	bus.Consumer
 	bus.KeyValues
 	bus.ObjectStores
+	bus.Pipes
 }
 
 // Service is a data mover instance.
@@ -111,8 +130,8 @@ func New(cfg Config, b Bus) (*Service, error) {
 	if cfg.Repository == nil {
 		return nil, errors.New("datamover: Repository is required")
 	}
-	if cfg.Resolver == nil {
-		return nil, errors.New("datamover: Resolver is required")
+	if cfg.Resolver == nil && cfg.Volumes == nil {
+		return nil, errors.New("datamover: Resolver or Volumes is required")
 	}
 	if b == nil {
 		return nil, errors.New("datamover: a bus is required")
@@ -186,7 +205,9 @@ func (s *Service) handleExport(ctx context.Context, ev events.Event) ([]events.E
 		return []events.Event{{Subject: ev.Subject, Data: p}}, nil
 	}
 
-	res, err := s.export(ctx, ev, req)
+	res, err := s.export(ctx, req, func(p repository.Progress) {
+		s.progress(ctx, ev, events.VolumeExportProgress(transfer(req.RunID, req.Volume, p)))
+	})
 	if err != nil && ctx.Err() != nil {
 		// Shutting down mid-export: nothing was recorded, so let the
 		// command be redelivered (the next export reuses what was uploaded).
@@ -222,12 +243,12 @@ func (s *Service) handleExport(ctx context.Context, ev events.Event) ([]events.E
 	return out, err
 }
 
-func (s *Service) export(ctx context.Context, ev events.Event, req events.VolumeExportRequested) (repository.ExportResult, error) {
-	progress := func(p repository.Progress) {
-		s.progress(ctx, ev, events.VolumeExportProgress(transfer(req.RunID, req.Volume, p)))
-	}
+func (s *Service) export(ctx context.Context, req events.VolumeExportRequested, progress func(repository.Progress)) (repository.ExportResult, error) {
 	switch req.SourceKind {
 	case SourceSnapshot:
+		if s.cfg.Volumes != nil {
+			return s.cfg.Volumes.Export(ctx, req, progress)
+		}
 		dir, err := s.cfg.Resolver(ctx, req.SnapshotID)
 		if err != nil {
 			return repository.ExportResult{}, err
@@ -267,7 +288,9 @@ func (s *Service) handleImport(ctx context.Context, ev events.Event) ([]events.E
 		return []events.Event{{Subject: ev.Subject, Data: p}}, nil
 	}
 
-	res, previous, err := s.importVolume(ctx, ev, req)
+	res, previous, err := s.importVolume(ctx, req, func(p repository.Progress) {
+		s.progress(ctx, ev, events.VolumeImportProgress(transfer(req.RunID, req.Volume, p)))
+	})
 	if err != nil && ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
@@ -288,13 +311,13 @@ func (s *Service) handleImport(ctx context.Context, ev events.Event) ([]events.E
 	return s.finish(ctx, ev, s.imports, req.IdempotencyKey, result)
 }
 
-func (s *Service) importVolume(ctx context.Context, ev events.Event, req events.VolumeImportRequested) (res repository.ImportResult, previous string, err error) {
-	progress := func(p repository.Progress) {
-		s.progress(ctx, ev, events.VolumeImportProgress(transfer(req.RunID, req.Volume, p)))
-	}
+func (s *Service) importVolume(ctx context.Context, req events.VolumeImportRequested, progress func(repository.Progress)) (res repository.ImportResult, previous string, err error) {
 	if req.Check {
 		res, err = s.cfg.Repository.CheckSnapshot(ctx, string(req.ManifestID))
 		return res, "", err
+	}
+	if s.cfg.Volumes != nil && (req.TargetKind == TargetDirectory || req.TargetKind == TargetReplace) {
+		return s.cfg.Volumes.Import(ctx, req, progress)
 	}
 	switch req.TargetKind {
 	case TargetDirectory:
@@ -302,6 +325,9 @@ func (s *Service) importVolume(ctx context.Context, ev events.Event, req events.
 			return res, "", fmt.Errorf("%w: import needs a target directory", repository.ErrInvalidRequest)
 		}
 		res, err = s.cfg.Repository.ImportDir(ctx, string(req.ManifestID), req.Target, progress)
+		if err == nil {
+			err = applyEdits(ctx, s.cfg.Repository, req.Target, req.Edits)
+		}
 		return res, "", err
 	case TargetReplace:
 		return s.replaceDir(ctx, req, progress)
@@ -329,10 +355,7 @@ func (s *Service) replaceDir(ctx context.Context, req events.VolumeImportRequest
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return res, "", fmt.Errorf("import target: %w", err)
 	}
-	tag := string(req.RunID)
-	if len(tag) > 8 {
-		tag = tag[:8]
-	}
+	tag := runTag(req.RunID)
 	staging := target + ".tidemark-restore-" + tag
 	previous := target + ".tidemark-previous-" + tag
 	if err := os.RemoveAll(staging); err != nil {
@@ -342,6 +365,10 @@ func (s *Service) replaceDir(ctx context.Context, req events.VolumeImportRequest
 		return res, "", fmt.Errorf("import target: %w", err)
 	}
 	res, err := s.cfg.Repository.ImportDir(ctx, string(req.ManifestID), staging, progress)
+	if err == nil {
+		// Before the swap: edits that fail leave the target as it was.
+		err = applyEdits(ctx, s.cfg.Repository, staging, req.Edits)
+	}
 	if err != nil {
 		_ = os.RemoveAll(staging)
 		return res, "", err
@@ -371,13 +398,23 @@ func (s *Service) replaceDir(ctx context.Context, req events.VolumeImportRequest
 // importStream streams a dump from the repository into the pipe
 // bus.DumpObject(run, artifact) (the Volume is the artifact), from which the
 // restore's dump step (req.Target) feeds its command's stdin while this
-// still runs. A failure reaches that step through the pipe.
+// still runs. A failure reaches that step through the pipe, and the import
+// succeeds only once the step has received the whole stream.
 func (s *Service) importStream(ctx context.Context, req events.VolumeImportRequested, progress func(repository.Progress)) (repository.ImportResult, error) {
 	name := bus.DumpObject(req.RunID, req.Volume)
+	if req.ReadBy != nil {
+		if !time.Now().Before(*req.ReadBy) {
+			return repository.ImportResult{}, fmt.Errorf("%w: its reader stopped reading at %s, before a data mover took the request; nothing was sent",
+				bus.ErrPipeReaderGone, req.ReadBy.UTC().Format(time.RFC3339))
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, *req.ReadBy)
+		defer cancel()
+	}
 	pr, pw := io.Pipe()
 	stored := make(chan error, 1)
 	go func() {
-		_, err := bus.WritePipe(ctx, s.dumps, name, pr)
+		_, err := s.bus.WritePipe(ctx, name, pr)
 		pr.CloseWithError(err) // unblock the repository read if the pipe stops early
 		stored <- err
 	}()
@@ -397,6 +434,15 @@ func (s *Service) importStream(ctx context.Context, req events.VolumeImportReque
 		return repository.ImportResult{}, err
 	}
 	return res, nil
+}
+
+// runTag names a run's staging and kept copies beside a restored volume.
+func runTag(run events.RunID) string {
+	tag := string(run)
+	if len(tag) > 8 {
+		tag = tag[:8]
+	}
+	return tag
 }
 
 func transfer(run events.RunID, volume string, p repository.Progress) events.TransferProgress {

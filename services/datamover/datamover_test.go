@@ -308,7 +308,7 @@ func TestDumpThroughTheBus(t *testing.T) {
 	imp.CorrelationID = "restore-d"
 	h.env.Publish(t, imp)
 	// The restore's dump step reads the pipe while the mover fills it.
-	r := bus.ReadPipe(ctx, objects, bus.DumpObject("restore-d", "mysqldump"), 30*time.Second)
+	r := h.env.Bus.ReadPipe(ctx, bus.DumpObject("restore-d", "mysqldump"), 30*time.Second)
 	defer r.Close()
 	back, err := io.ReadAll(r)
 	if err != nil {
@@ -321,4 +321,28 @@ func TestDumpThroughTheBus(t *testing.T) {
 	if got, _ := events.As[events.VolumeImported](ev); got.Bytes != int64(len(data)) {
 		t.Errorf("imported dump = %+v", got)
 	}
+
+	// A stream whose reader has stopped reading (readBy passed) before a
+	// mover took it: nothing is sent, at once, rather than the mover
+	// waiting 30 minutes for a reader that is gone.
+	gone := time.Now().Add(-time.Second)
+	late := events.New("tidemark/test", "shop/mysql", events.VolumeImportRequested{
+		RunID: "restore-late", Volume: "mysqldump", ManifestID: exp.ManifestID, Repository: "default",
+		TargetKind: TargetStream, Target: "coordinator", ReadBy: &gone, IdempotencyKey: "restore-late:mysqldump",
+	}, time.Now())
+	late.CorrelationID = "restore-late"
+	h.env.Publish(t, late)
+	ev = h.env.WaitFor(t, 30*time.Second, "volume.import.failed", fact(func(p events.VolumeImportFailed) bool { return p.RunID == "restore-late" }))
+	if f, _ := events.As[events.VolumeImportFailed](ev); !f.Permanent || !strings.Contains(f.Error, "stopped reading") {
+		t.Errorf("late stream import: %+v, want a permanent failure saying the reader stopped reading", f)
+	}
+	// And one whose reader never comes, readBy soon: the mover gives up then.
+	soon := time.Now().Add(time.Second)
+	unread := events.New("tidemark/test", "shop/mysql", events.VolumeImportRequested{
+		RunID: "restore-unread", Volume: "mysqldump", ManifestID: exp.ManifestID, Repository: "default",
+		TargetKind: TargetStream, Target: "coordinator", ReadBy: &soon, IdempotencyKey: "restore-unread:mysqldump",
+	}, time.Now())
+	unread.CorrelationID = "restore-unread"
+	h.env.Publish(t, unread)
+	h.env.WaitFor(t, 30*time.Second, "volume.import.failed of the unread stream", fact(func(p events.VolumeImportFailed) bool { return p.RunID == "restore-unread" }))
 }

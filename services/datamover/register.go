@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/tidemark-dev/tidemark/events"
+	"github.com/tidemark-dev/tidemark/pkg/bus"
+	"github.com/tidemark-dev/tidemark/pkg/platform/kube"
 	"github.com/tidemark-dev/tidemark/pkg/platform/local"
 	"github.com/tidemark-dev/tidemark/pkg/repository"
 	"github.com/tidemark-dev/tidemark/pkg/service"
@@ -41,6 +43,9 @@ func init() {
 			return nil, err
 		}
 		rcfg.CacheDir = filepath.Join(dataDir, "cache", "repository")
+		if d.OnKube() {
+			return onKube(d, rcfg, log)
+		}
 		snaps, err := local.NewSnapshotter(filepath.Join(dataDir, "snapshots"), log)
 		if err != nil {
 			return nil, err
@@ -53,12 +58,92 @@ func init() {
 	})
 }
 
+// onKube is the data mover on Kubernetes: volumes move in mover pods
+// (PodMover), at most d.MoverLimit at once in this process; dumps still
+// move here. Each pod holds one of this process's work items while it
+// runs, so it takes as many items at once as it may run pods (or
+// --datamover-concurrency, if that is more).
+func onKube(d service.Deps, rcfg repository.Config, log *slog.Logger) (service.Service, error) {
+	if d.Kube == nil {
+		return nil, errors.New("--platform kube without a Kubernetes platform")
+	}
+	opts := d.Mover
+	opts.Env, opts.Credentials = MoverRepository(rcfg)
+	if rcfg.S3 == nil {
+		log.Warn("the repository is a directory: mover pods open it at the same path, which they reach only where it is the same storage on every node; use an S3 repository on Kubernetes (docs/kubernetes.md, mover pods)",
+			"repository", rcfg.Path)
+	}
+	pm := &PodMover{
+		Platform: kube.New(d.Kube.Clients(), kube.WithMoverLimit(d.MoverLimit)),
+		Options:  opts,
+		Logger:   log,
+	}
+	return &managed{
+		repo:  rcfg,
+		cfg:   Config{Volumes: pm, Logger: log, Concurrency: max(d.MoverConcurrency, d.MoverLimit)},
+		bus:   d.Bus,
+		pods:  pm,
+		sweep: d.Bus,
+	}, nil
+}
+
+// Files of a mover pod's credentials Secret (kube.MoverCredentialsPath).
+const (
+	credentialPassword    = "password"
+	credentialS3AccessKey = "s3-access-key"
+	credentialS3SecretKey = "s3-secret-key"
+	credentialS3CA        = "s3-ca.pem"
+)
+
+// MoverRepository turns the repository this process opened into what a
+// mover pod needs to open it: settings as environment values, and the
+// password and keys as files of the pod's Secret, named by the
+// TIDEMARK_REPOSITORY_*_FILE variables. However this process got them
+// (a variable, a file, generated), they reach the pod the same way.
+func MoverRepository(cfg repository.Config) (env map[string]string, credentials map[string][]byte) {
+	file := func(name string) string { return kube.MoverCredentialsPath + "/" + name }
+	env = map[string]string{repository.EnvPasswordFile: file(credentialPassword)}
+	credentials = map[string][]byte{credentialPassword: []byte(cfg.Password)}
+	if c := cfg.Tuning.Compression; c != "" {
+		env[repository.EnvCompression] = c
+	}
+	s3 := cfg.S3
+	if s3 == nil {
+		env[repository.EnvPath] = cfg.Path
+		return env, credentials
+	}
+	env[repository.EnvS3Bucket] = s3.Bucket
+	for k, v := range map[string]string{repository.EnvS3Endpoint: s3.Endpoint, repository.EnvS3Prefix: s3.Prefix, repository.EnvS3Region: s3.Region} {
+		if v != "" {
+			env[k] = v
+		}
+	}
+	if s3.DisableTLS {
+		env[repository.EnvS3DisableTLS] = "true"
+	}
+	if s3.AccessKeyID != "" {
+		credentials[credentialS3AccessKey] = []byte(s3.AccessKeyID)
+		credentials[credentialS3SecretKey] = []byte(s3.SecretAccessKey)
+		env[repository.EnvS3AccessKey+"_FILE"] = file(credentialS3AccessKey)
+		env[repository.EnvS3SecretKey+"_FILE"] = file(credentialS3SecretKey)
+	}
+	if len(s3.RootCA) > 0 {
+		credentials[credentialS3CA] = s3.RootCA
+		env[repository.EnvS3CAFile] = file(credentialS3CA)
+	}
+	return env, credentials
+}
+
 // managed opens the repository when the service starts and closes it when
 // the service stops.
 type managed struct {
 	repo repository.Config
 	cfg  Config
 	bus  Bus
+	// pods, on Kubernetes, runs the mover pods; its image is found when
+	// the service starts, and sweep consumes the facts that end runs.
+	pods  *PodMover
+	sweep bus.Consumer
 	// retryOpen is how soon a repository that failed to open is tried
 	// again (defaultRetryOpen when zero).
 	retryOpen time.Duration
@@ -98,7 +183,34 @@ func (m *managed) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return s.Run(ctx)
+	if m.pods == nil {
+		return s.Run(ctx)
+	}
+	if m.pods.Options.Image == "" {
+		img, policy, err := m.pods.Platform.OwnImage(ctx, "tidemark")
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("--mover-image is not set, and the image of this data mover cannot be read to use it: %w", err)
+		}
+		m.pods.Options.Image, m.pods.Options.ImagePullPolicy = img, policy
+	}
+	m.cfg.Logger.Info("data mover on Kubernetes: volumes move in mover pods", "image", m.pods.Options.Image, "concurrency", cfg.Concurrency)
+	// Either failing stops the other: the service then fails as a whole.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, 2)
+	for _, run := range []func(context.Context) error{s.Run, func(ctx context.Context) error { return m.pods.SweepEndedRuns(ctx, m.sweep) }} {
+		go func() {
+			err := run(ctx)
+			if err != nil {
+				cancel()
+			}
+			errs <- err
+		}()
+	}
+	return errors.Join(<-errs, <-errs)
 }
 
 // openOnUse is a Repository opened on first use, and again on a later use

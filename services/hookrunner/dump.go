@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/tidemark-dev/tidemark/events"
@@ -91,41 +92,117 @@ func (s *Service) runDump(ctx context.Context, req events.HookRequested, started
 // recordingReader keeps the error that ended a stream, which the command
 // reading it only sees as a short stdin.
 type recordingReader struct {
-	r   io.Reader
-	err error
+	r io.Reader
+
+	mu     sync.Mutex
+	err    error
+	frozen bool
+}
+
+func (r *recordingReader) record(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil && r.err == nil && !r.frozen {
+		r.err = err
+	}
+}
+
+// freeze returns the error that ended the stream so far and ignores any
+// later one: stopping a stream whose command is gone makes one.
+func (r *recordingReader) freeze() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.frozen = true
+	return r.err
 }
 
 func (r *recordingReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
-	if err != nil && r.err == nil {
-		r.err = err
+	r.record(err)
+	return n, err
+}
+
+// WriteTo hands the stream to w piece by piece as it arrived (whole pipe
+// messages) instead of through io.Copy's 32 KiB buffer. Only the stream's
+// own failure is recorded, not w refusing more (the command exited).
+func (r *recordingReader) WriteTo(w io.Writer) (int64, error) {
+	wt, ok := r.r.(io.WriterTo)
+	if !ok {
+		return io.Copy(w, struct{ io.Reader }{r})
+	}
+	dst := &writeRecorder{w: w}
+	n, err := wt.WriteTo(dst)
+	if dst.err == nil {
+		r.record(err)
+	}
+	return n, err
+}
+
+type writeRecorder struct {
+	w   io.Writer
+	err error
+}
+
+func (w *writeRecorder) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	if err != nil && w.err == nil {
+		w.err = err
 	}
 	return n, err
 }
 
 func (s *Service) restoreDump(ctx context.Context, req events.HookRequested, started time.Time, objects bus.Objects, name string, execSpec blueprint.ExecSpec, sec *secretFiller) events.Payload {
-	// The data mover streams the artifact through a pipe while this step
-	// runs; a whole object (put there by a dump step of the same run) is
-	// read as it is.
+	// The data mover streams the artifact through a pipe (core NATS, see
+	// bus.Pipes) while this step runs; a whole object (put there by a dump
+	// step of the same run) is read from the dumps bucket as it is.
 	var r io.ReadCloser
 	if _, err := objects.Stat(ctx, name); err == nil {
 		if r, err = objects.Get(ctx, name); err != nil {
 			return failed(req, false, "step %s: %v", req.Step, err)
 		}
 	} else if errors.Is(err, bus.ErrObjectNotFound) {
-		r = bus.ReadPipe(ctx, objects, name, s.cfg.ArtifactWait)
+		r = s.bus.ReadPipe(ctx, name, s.cfg.ArtifactWait)
 	} else {
 		return failed(req, false, "step %s: %v", req.Step, err)
 	}
 	in := &recordingReader{r: r}
-	res, err := s.cfg.Exec.Exec(ctx, platform.ExecRequest{Spec: execSpec, Stdin: in})
+	// The stream is fed through a stdin of our own rather than the pipe
+	// os/exec makes: waking the feeder for every 4 KiB pg_restore reads
+	// cost as much CPU as the rest of the path (stdinStream).
+	stdin, feeder, err := stdinStream()
+	if err != nil {
+		r.Close()
+		return failed(req, false, "step %s: %v", req.Step, err)
+	}
+	fed := make(chan struct{})
+	go func() {
+		defer close(fed)
+		_, _ = in.WriteTo(feeder)
+		feeder.Close()
+	}()
+	res, err := s.cfg.Exec.Exec(ctx, platform.ExecRequest{Spec: execSpec, Stdin: stdin})
+	// The command is gone: what it did not read, nobody will (the feeder's
+	// writes fail).
+	stdin.Close()
+	var streamErr error
+	if err != nil || res.ExitCode != 0 {
+		// A stream that failed first is the cause; one stopped now is not.
+		streamErr = in.freeze()
+		r.Close()
+		<-fed
+	} else {
+		// Like os/exec's own copy, wait for the stream's verified end
+		// (or its failure), which may still be on its way.
+		<-fed
+		streamErr = in.freeze()
+	}
 	// Closing before the end tells the data mover to stop sending.
 	r.Close()
 	stderr := sec.scrub(stderrTail(res.StderrTail))
-	if in.err != nil && !errors.Is(in.err, io.EOF) {
+	if streamErr != nil && !errors.Is(streamErr, io.EOF) {
 		// The stream broke (the mover failed, or nothing arrived): that is
 		// the cause, whatever the command made of its cut-off stdin.
-		return failed(req, false, "step %s: the artifact's stream failed: %v%s", req.Step, in.err, stderr)
+		return failed(req, false, "step %s: the artifact's stream failed: %v%s", req.Step, streamErr, stderr)
 	}
 	if err != nil {
 		return failed(req, false, "step %s: %v%s", req.Step, err, stderr)

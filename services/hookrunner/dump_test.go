@@ -1,9 +1,11 @@
 package hookrunner
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -154,5 +156,92 @@ spec:
 		if strings.Contains(fmt.Sprint(f.Data), srv.Password) {
 			t.Fatalf("a %s event carries the password", f.Type())
 		}
+	}
+}
+
+// writeArtifact plays the data mover of a restore: it streams src into the
+// run's pipe for artifact while the step reads it.
+func writeArtifact(t *testing.T, h *harness, run events.RunID, artifact string, src io.Reader) <-chan error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := h.env.Bus.WritePipe(ctx, bus.DumpObject(run, artifact), src)
+		wrote <- err
+	}()
+	t.Cleanup(cancel)
+	return wrote
+}
+
+type failAfter struct {
+	r   io.Reader
+	err error
+}
+
+func (f *failAfter) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if err == io.EOF {
+		return n, f.err
+	}
+	return n, err
+}
+
+// A restore step feeds the streamed artifact to its command's stdin: the
+// command gets every byte, and a failure on either end is reported as
+// what it is.
+func TestRestoreStepStreamsTheArtifactIntoStdin(t *testing.T) {
+	h := start(t)
+	data := make([]byte, 5<<20+17) // several pipe messages and a partial one
+	for i := range data {
+		data[i] = byte(i*31 + i>>11)
+	}
+	out := filepath.Join(t.TempDir(), "received")
+	wrote := writeArtifact(t, h, "run-load", "db.dump", bytes.NewReader(data))
+	h.env.Publish(t, command("run-load", "app", "load", blueprint.KindDump, blueprint.DumpSpec{
+		ExecSpec: blueprint.ExecSpec{Command: []string{"sh", "-c", `cat > "$OUT"; echo loaded=yes >&2`}, Env: map[string]string{"OUT": out}},
+		Artifact: "db.dump", FromArtifact: true,
+	}, 0))
+	ev := h.env.WaitFor(t, 30*time.Second, "the load", bustest.Step[events.HookSucceeded]("run-load", "load"))
+	if ok, _ := events.As[events.HookSucceeded](ev); ok.Outputs["loaded"] != "yes" {
+		t.Errorf("outputs %v", ok.Outputs)
+	}
+	if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the command received %d bytes (%v), want the %d streamed", len(got), err, len(data))
+	}
+	if err := <-wrote; err != nil {
+		t.Fatalf("the writer: %v", err)
+	}
+
+	// The data mover fails mid-stream: the step fails with its reason,
+	// not with whatever the command made of a cut-off stdin.
+	wrote = writeArtifact(t, h, "run-load", "broken.dump", &failAfter{r: bytes.NewReader(data[:2<<20]), err: errors.New("reading pack p0123: checksum mismatch")})
+	h.env.Publish(t, command("run-load", "app", "broken", blueprint.KindDump, blueprint.DumpSpec{
+		ExecSpec: blueprint.ExecSpec{Command: []string{"sh", "-c", `cat > /dev/null; echo "pg_restore: unexpected end of file" >&2; exit 1`}},
+		Artifact: "broken.dump", FromArtifact: true,
+	}, 0))
+	ev = h.env.WaitFor(t, 30*time.Second, "the broken load", bustest.Step[events.HookFailed]("run-load", "broken"))
+	if f, _ := events.As[events.HookFailed](ev); !strings.Contains(f.Error, "stream failed") || !strings.Contains(f.Error, "checksum mismatch") {
+		t.Fatalf("failure %+v", f)
+	}
+	<-wrote
+
+	// The command fails before reading everything: the step reports the
+	// command's failure, and the data mover is told to stop.
+	wrote = writeArtifact(t, h, "run-load", "refused.dump", bytes.NewReader(data))
+	h.env.Publish(t, command("run-load", "app", "refused", blueprint.KindDump, blueprint.DumpSpec{
+		ExecSpec: blueprint.ExecSpec{Command: []string{"sh", "-c", `head -c 1000 > /dev/null; echo "ERROR: relation exists" >&2; exit 3`}},
+		Artifact: "refused.dump", FromArtifact: true,
+	}, 0))
+	ev = h.env.WaitFor(t, 30*time.Second, "the refused load", bustest.Step[events.HookFailed]("run-load", "refused"))
+	if f, _ := events.As[events.HookFailed](ev); f.ExitCode == nil || *f.ExitCode != 3 || strings.Contains(f.Error, "stream failed") || !strings.Contains(f.Error, "relation exists") {
+		t.Fatalf("failure %+v", f)
+	}
+	select {
+	case err := <-wrote:
+		if !errors.Is(err, bus.ErrPipeAborted) {
+			t.Fatalf("the writer: %v, want ErrPipeAborted", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer was not stopped when the command failed")
 	}
 }

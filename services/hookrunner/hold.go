@@ -36,9 +36,13 @@ type holdState struct {
 	Holder string `json:"holder"`
 	// State is "holding" or "released".
 	State string `json:"state"`
+	// RunID and Step name the hold, for whoever answers for a lost holder.
+	RunID events.RunID `json:"runId,omitempty"`
+	Step  string       `json:"step,omitempty"`
 }
 
 func (s *Service) recordHold(ctx context.Context, key holdKey, st holdState) error {
+	st.RunID, st.Step = key.run, key.step
 	raw, err := json.Marshal(st)
 	if err != nil {
 		return err

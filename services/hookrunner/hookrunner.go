@@ -23,6 +23,10 @@ import (
 // Name is the service's name in `tidemark serve --services`.
 const Name = "hookrunner"
 
+// ReleaseConsumerInactive is how long an instance's release consumer
+// outlives the instance.
+const ReleaseConsumerInactive = time.Hour
+
 // DefaultHoldFor bounds a held lock when the command names no holdFor.
 const DefaultHoldFor = 60 * time.Second
 
@@ -33,12 +37,24 @@ type Config struct {
 	InstanceID string
 	Apps       application.Source
 	Exec       platform.Executor
+	// Steps runs the step kinds a platform adds to blueprints (scale and
+	// apply on Kubernetes). Nil: those kinds fail, naming the fix
+	// (`tidemark serve --platform kube`).
+	Steps platform.StepRunner
+	// Namespace returns an application's namespace: where steps act when
+	// their spec names none, and where an exec target given as a bare pod
+	// name is. Nil on the local platform, which has no namespaces.
+	Namespace func(application string) (string, error)
 	// Concurrency is how many steps run at once.
 	Concurrency int
 	// ReleaseTimeout bounds running release statements.
 	ReleaseTimeout time.Duration
 	// HoldHeartbeat is how often a held lock is reported (hook.progress).
 	HoldHeartbeat time.Duration
+	// LivenessTTL is how long this instance counts as alive after it last
+	// said so, every LivenessInterval; another instance then answers for
+	// the locks it held (liveness.go).
+	LivenessTTL, LivenessInterval time.Duration
 	// ArtifactWait bounds how long a restore's dump step waits for its
 	// artifact to start arriving from the data mover (which may be busy
 	// with other work items first). Default 30 minutes.
@@ -53,6 +69,7 @@ type Bus interface {
 	bus.Consumer
 	bus.KeyValues
 	bus.ObjectStores
+	bus.Pipes
 }
 
 // Service is a hookrunner instance.
@@ -89,6 +106,18 @@ func New(cfg Config, b Bus) (*Service, error) {
 	if cfg.ArtifactWait <= 0 {
 		cfg.ArtifactWait = 30 * time.Minute
 	}
+	if cfg.LivenessTTL <= 0 {
+		cfg.LivenessTTL = DefaultLivenessTTL
+	}
+	if cfg.LivenessInterval <= 0 {
+		cfg.LivenessInterval = DefaultLivenessInterval
+	}
+	if cfg.LivenessInterval >= cfg.LivenessTTL {
+		return nil, fmt.Errorf("hookrunner: liveness interval %s must be shorter than its TTL %s", cfg.LivenessInterval, cfg.LivenessTTL)
+	}
+	if cfg.Namespace != nil {
+		cfg.Exec = inNamespace{next: cfg.Exec, namespace: cfg.Namespace}
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -119,6 +148,10 @@ func (s *Service) releaseConsumer() bus.ConsumerSpec {
 		AckWait:        30 * time.Second,
 		MaxDeliver:     5,
 		Concurrency:    s.cfg.Concurrency,
+		// On Kubernetes every pod is a new instance: without this, each
+		// pod ever run would leave its consumer behind. Its holds are
+		// answered for by the others (liveness.go) long before.
+		InactiveThreshold: ReleaseConsumerInactive,
 	}
 }
 
@@ -135,6 +168,19 @@ func (s *Service) Run(ctx context.Context) error {
 	s.kv = kv
 	s.results = bus.NewResults(kv, "result")
 	s.releases = bus.NewResults(kv, "release")
+	if err := s.beat(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("hookrunner: recording this instance alive: %w", err)
+	}
+	if err := s.sweepOrphans(ctx, true); err != nil {
+		s.cfg.Logger.Warn("looking for locks of lost hookrunners", "err", err)
+	}
+	liveCtx, stopLiveness := context.WithCancel(context.WithoutCancel(ctx))
+	liveDone := make(chan struct{})
+	go func() { defer close(liveDone); s.keepAlive(liveCtx) }()
+	defer func() { stopLiveness(); <-liveDone }()
 	errs := make(chan error, 2)
 	go func() { errs <- s.bus.Consume(ctx, s.requestConsumer(), s.handleRequest) }()
 	go func() { errs <- s.bus.Consume(ctx, s.releaseConsumer(), s.handleRelease) }()

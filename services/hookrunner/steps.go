@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,6 +23,7 @@ const stderrInError = 2048
 func (s *Service) runStep(ctx context.Context, req events.HookRequested, started time.Time) events.Payload {
 	ctx, cancel := context.WithTimeout(ctx, req.Timeout.Std())
 	defer cancel()
+	ctx = withApplication(ctx, req.Application)
 	switch req.Kind {
 	case blueprint.KindExec:
 		return s.runExec(ctx, req, started)
@@ -34,7 +36,10 @@ func (s *Service) runStep(ctx context.Context, req events.HookRequested, started
 	case blueprint.KindDump:
 		return s.runDump(ctx, req, started)
 	default:
-		return failed(req, true, "step kind %q is not supported by this hookrunner yet (it runs exec, sql, http, wait and dump)", req.Kind)
+		if steps := s.platformSteps(); slices.Contains(steps.Kinds(), req.Kind) {
+			return s.runPlatformStep(ctx, steps, req, started)
+		}
+		return failed(req, true, "step kind %q is not supported by this hookrunner yet (it runs exec, sql, http, wait, dump, scale and apply)", req.Kind)
 	}
 }
 

@@ -193,7 +193,7 @@ func ready(req events.SnapshotRequested, snaps []platform.Snapshot) events.Snaps
 	for i, sn := range snaps {
 		r.Snapshots[i] = events.VolumeSnapshot{
 			Volume: sn.Volume, SnapshotID: sn.ID, Method: sn.Method,
-			Bytes: sn.Bytes, Duration: events.Duration(sn.Duration),
+			Bytes: sn.Bytes, Duration: events.Duration(sn.Duration), Consistency: sn.Consistency,
 		}
 	}
 	return r

@@ -211,13 +211,19 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 		{action{"delete", "", "pods", ""}, "datamover"},
 		{action{"create", "", "persistentvolumeclaims", ""}, "datamover"},
 		{action{"delete", "", "persistentvolumeclaims", ""}, "datamover"},
+		// A mover pod's own Secret (the repository credentials it mounts),
+		// and its log (progress).
+		{action{"create", "", "secrets", ""}, "datamover"},
+		{action{"delete", "", "secrets", ""}, "datamover"},
+		{action{"get", "", "pods", "log"}, "datamover"},
 		{action{"get", "tidemark.io", "blueprints", ""}, "coordinator"},
 		{action{"list", "apiextensions.k8s.io", "customresourcedefinitions", ""}, "coordinator"},
-		// Nobody changes VolumeSnapshotContents, Secrets, RBAC, or anything
-		// of Tidemark's own.
+		// Nobody changes VolumeSnapshotContents, lists or changes Secrets,
+		// RBAC, or anything of Tidemark's own.
 		{action{"update", "snapshot.storage.k8s.io", "volumesnapshotcontents", ""}, ""},
 		{action{"list", "", "secrets", ""}, ""},
-		{action{"create", "", "secrets", ""}, ""},
+		{action{"update", "", "secrets", ""}, ""},
+		{action{"watch", "", "secrets", ""}, ""},
 		{action{"create", "rbac.authorization.k8s.io", "clusterrolebindings", ""}, ""},
 		{action{"bind", "rbac.authorization.k8s.io", "clusterroles", ""}, ""},
 		{action{"escalate", "rbac.authorization.k8s.io", "roles", ""}, ""},

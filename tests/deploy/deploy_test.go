@@ -95,8 +95,8 @@ func checkPod(t *testing.T, objs []*unstructured.Unstructured, pod *corev1.PodSp
 	if want := map[bool]string{true: "", false: "kube"}[svc == "catalog"]; flags["--platform"] != want {
 		t.Errorf("--platform=%q, want %q", flags["--platform"], want)
 	}
-	if svc == "datamover" && flags["--datamover-concurrency"] == "" {
-		t.Error("the data mover does not set --datamover-concurrency")
+	if svc == "datamover" && (flags["--datamover-concurrency"] == "" || flags["--mover-limit"] == "") {
+		t.Error("the data mover does not set --datamover-concurrency and --mover-limit")
 	}
 	// $(TIDEMARK_STREAM_REPLICAS) is expanded by the kubelet from the
 	// container's env, here a key of the generated tidemark-config.

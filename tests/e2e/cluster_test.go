@@ -42,8 +42,11 @@ import (
 
 // Names of deploy/ and of the test cluster (tools/cluster).
 const (
-	namespace     = "tidemark"
-	overlay       = "overlays/dev"
+	namespace = "tidemark"
+	// The dev overlay with an S3 repository on versitygw in the cluster:
+	// mover pods open the repository themselves, from the application's
+	// namespace, so it must be reachable over the network.
+	overlay       = "overlays/e2e"
 	repoSecret    = "tidemark-repository"
 	natsPod       = "nats-0"
 	storageClass  = "tidemark-test-csi"
@@ -64,6 +67,11 @@ type cluster struct {
 	// and NATS Ready, counted from the start of the apply.
 	applied   int
 	available time.Duration
+
+	// The repository, as the data mover and catalog open it; read from
+	// the Secrets deploy made or found. Never logged.
+	s3       s3Credentials
+	password string
 }
 
 var (
@@ -132,7 +140,7 @@ func connect() (*cluster, string, error) {
 	return c, "", nil
 }
 
-// tidemark returns the cluster with deploy/overlays/dev applied and up,
+// tidemark returns the cluster with deploy/overlays/e2e applied and up,
 // deploying it (once per test binary) if need be; it skips the test when
 // there is no cluster.
 func tidemark(t *testing.T) *cluster {
@@ -233,11 +241,28 @@ func (c *cluster) deploy(ctx context.Context, t *testing.T) error {
 			}
 		}
 	}
-	if err := c.repositorySecret(ctx); err != nil {
+	if err := c.repositorySecrets(ctx); err != nil {
+		return err
+	}
+	// The S3 server, its bucket and the repository before the services
+	// that open it: the data mover and the catalog would each create the
+	// repository in an empty bucket, and two processes on different hosts
+	// creating one at the same moment are not excluded (pkg/repository).
+	first := func(o *unstructured.Unstructured) bool {
+		return o.GetKind() == "Namespace" || o.GetKind() == "CustomResourceDefinition"
+	}
+	for _, o := range objs {
+		if !first(o) && isS3Server(o) {
+			if err := c.apply(ctx, o); err != nil {
+				return err
+			}
+		}
+	}
+	if err := c.prepareRepository(ctx, t); err != nil {
 		return err
 	}
 	for _, o := range objs {
-		if o.GetKind() == "Namespace" || o.GetKind() == "CustomResourceDefinition" {
+		if first(o) || isS3Server(o) {
 			continue
 		}
 		if err := c.apply(ctx, o); err != nil {
@@ -326,23 +351,59 @@ func (c *cluster) waitEstablished(ctx context.Context, name string) error {
 	return nil
 }
 
-// repositorySecret creates the repository password Secret as
-// docs/deploy.md says (32 random bytes, base64), unless it exists.
-func (c *cluster) repositorySecret(ctx context.Context) error {
-	_, err := c.core.CoreV1().Secrets(namespace).Get(ctx, repoSecret, metav1.GetOptions{})
-	if err == nil || !apierrors.IsNotFound(err) {
-		return err
+// repositorySecrets makes the S3 server's root credentials and the
+// repository Secret as the overlay's comment says (random keys, a password
+// of 32 random bytes in base64), keeping what exists: the repository in the
+// bucket is encrypted with that password, and the server keeps its keys.
+// The repository Secret gets the server's keys if it lacks them.
+func (c *cluster) repositorySecrets(ctx context.Context) error {
+	secrets := c.core.CoreV1().Secrets(namespace)
+	root, err := secrets.Get(ctx, s3RootSecret, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		root, err = secrets.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: s3RootSecret},
+			Data:       map[string][]byte{"access-key": []byte("tidemark" + randomText(6)), "secret-key": []byte(randomText(30))},
+		}, metav1.CreateOptions{})
 	}
-	raw := make([]byte, 32)
+	if err != nil {
+		return fmt.Errorf("Secret %s: %w", s3RootSecret, err)
+	}
+	c.s3 = s3Credentials{AccessKey: string(root.Data["access-key"]), SecretKey: string(root.Data["secret-key"])}
+	if c.s3.AccessKey == "" || c.s3.SecretKey == "" {
+		return fmt.Errorf("Secret %s lacks access-key or secret-key", s3RootSecret)
+	}
+
+	repo, err := secrets.Get(ctx, repoSecret, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		repo, err = secrets.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: repoSecret},
+			Data:       map[string][]byte{"password": []byte(randomText(32) + "\n")},
+		}, metav1.CreateOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("Secret %s: %w", repoSecret, err)
+	}
+	if string(repo.Data["s3-access-key"]) != c.s3.AccessKey || string(repo.Data["s3-secret-key"]) != c.s3.SecretKey {
+		repo.Data["s3-access-key"], repo.Data["s3-secret-key"] = []byte(c.s3.AccessKey), []byte(c.s3.SecretKey)
+		if repo, err = secrets.Update(ctx, repo, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("Secret %s: %w", repoSecret, err)
+		}
+	}
+	c.password = strings.TrimRight(string(repo.Data["password"]), "\r\n")
+	if c.password == "" {
+		return fmt.Errorf("Secret %s has no password", repoSecret)
+	}
+	return nil
+}
+
+// randomText is n random bytes in base64, without padding or characters
+// a shell or URL would treat specially.
+func randomText(n int) string {
+	raw := make([]byte, n)
 	if _, err := rand.Read(raw); err != nil {
-		return err
+		panic(err)
 	}
-	pw := base64.StdEncoding.EncodeToString(raw) + "\n"
-	_, err = c.core.CoreV1().Secrets(namespace).Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: repoSecret},
-		Data:       map[string][]byte{"password": []byte(pw)},
-	}, metav1.CreateOptions{})
-	return err
+	return base64.RawURLEncoding.EncodeToString(raw)
 }
 
 // podReport describes every pod of ns that is not Ready, with its last
@@ -470,45 +531,57 @@ func (c *cluster) waitPodReady(t *testing.T, ns, name string, timeout time.Durat
 // the test ends, and returns the local address.
 func (c *cluster) portForward(t *testing.T, ns, pod string, port int) string {
 	t.Helper()
-	transport, upgrader, err := spdy.RoundTripperFor(c.cfg)
+	addr, stop, err := c.forward(ns, pod, port)
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return addr
+}
+
+// forward is portForward until stop is called.
+func (c *cluster) forward(ns, pod string, port int) (addr string, stop func(), err error) {
+	transport, upgrader, err := spdy.RoundTripperFor(c.cfg)
+	if err != nil {
+		return "", nil, err
 	}
 	req := c.core.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).SubResource("portforward")
 	dialer := spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, req.URL())
-	stop, ready := make(chan struct{}), make(chan struct{})
+	stopCh, ready := make(chan struct{}), make(chan struct{})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return "", nil, err
 	}
 	local := l.Addr().(*net.TCPAddr).Port
 	l.Close() // portforward listens itself; take a free port number
-	fw, err := portforward.NewOnAddresses(dialer, []string{"127.0.0.1"}, []string{fmt.Sprintf("%d:%d", local, port)}, stop, ready, io.Discard, io.Discard)
+	fw, err := portforward.NewOnAddresses(dialer, []string{"127.0.0.1"}, []string{fmt.Sprintf("%d:%d", local, port)}, stopCh, ready, io.Discard, io.Discard)
 	if err != nil {
-		t.Fatal(err)
+		return "", nil, err
 	}
 	done := make(chan error, 1)
 	go func() { done <- fw.ForwardPorts() }()
-	t.Cleanup(func() {
-		close(stop)
+	stop = func() {
+		close(stopCh)
 		<-done
-	})
+	}
 	select {
 	case <-ready:
 	case err := <-done:
-		t.Fatalf("port-forward to %s/%s:%d: %v", ns, pod, port, err)
+		return "", nil, fmt.Errorf("port-forward to %s/%s:%d: %v", ns, pod, port, err)
 	case <-time.After(30 * time.Second):
-		t.Fatalf("port-forward to %s/%s:%d not ready after 30s", ns, pod, port)
+		stop()
+		return "", nil, fmt.Errorf("port-forward to %s/%s:%d not ready after 30s", ns, pod, port)
 	}
-	return fmt.Sprintf("127.0.0.1:%d", local)
+	return fmt.Sprintf("127.0.0.1:%d", local), stop, nil
 }
 
-// TestDeployDev is (a): deploy/overlays/dev applied as docs/deploy.md
-// says, every Deployment Available and NATS Ready, each pod Ready. A
-// service that started before NATS resolved exits and is restarted
-// (`tidemark serve` does not retry its first connection), which is
-// logged; a restart after NATS became Ready fails the test.
-func TestDeployDev(t *testing.T) {
+// TestDeploy is (a): deploy/overlays/e2e (the dev overlay with an S3
+// repository on versitygw in the cluster) applied as docs/deploy.md says,
+// every Deployment Available and NATS Ready, each pod Ready. A service
+// that started before NATS resolved exits and is restarted (`tidemark
+// serve` does not retry its first connection), which is logged; a restart
+// after NATS became Ready fails the test.
+func TestDeploy(t *testing.T) {
 	c := tidemark(t)
 	if c.available > 0 {
 		t.Logf("time to Available: %v (%d objects)", c.available.Round(time.Millisecond), c.applied)
@@ -553,7 +626,7 @@ func TestDeployDev(t *testing.T) {
 		}
 	}
 	slices.Sort(names)
-	want := []string{"catalogtidemark", "coordinatortidemark", "datamovertidemark", "hookrunnertidemark", "nats", "snapshottertidemark"}
+	want := []string{"catalogtidemark", "coordinatortidemark", "datamovertidemark", "hookrunnertidemark", "nats", "snapshottertidemark", "versitygw"}
 	if !slices.Equal(names, want) {
 		t.Errorf("pods in %s: %v, want one each of %v", namespace, names, want)
 	}

@@ -4,14 +4,17 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	groupv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumegroupsnapshot/v1"
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -49,13 +52,40 @@ const LabelStandIn = "kubetest.tidemark.io/stand-in"
 // its members — that is left to whoever deletes the group (Tidemark does
 // both). It moves no data.
 type GroupSnapshotStandIn struct {
-	held atomic.Bool
+	held       atomic.Bool
+	readyAfter atomic.Int64 // a time.Duration
 }
+
+// ReadyAfter makes the stand-in cut new groups at once — the group's
+// content gets its creationTime and the member VolumeSnapshots exist,
+// bound — but mark the members (with their restoreSize) and the group
+// readyToUse only d later, as the real snapshot controller does after
+// its retries (seen on the test cluster: ~5 s).
+func (g *GroupSnapshotStandIn) ReadyAfter(d time.Duration) { g.readyAfter.Store(int64(d)) }
 
 // Hold makes the stand-in leave new group snapshots pending (a slow
 // driver) until Release.
 func (g *GroupSnapshotStandIn) Hold()    { g.held.Store(true) }
 func (g *GroupSnapshotStandIn) Release() { g.held.Store(false) }
+
+// AnnotationSnapshotConflictFirst on a PVC makes the group snapshot
+// stand-in first report, for conflictFor, the status.error the real
+// controller reports when it lost an update race with csi-snapshotter
+// (seen on a real cluster), and then complete the group as the
+// controller does on its retry.
+const AnnotationSnapshotConflictFirst = "kubetest.tidemark.io/snapshot-conflict-first"
+
+const (
+	conflictMessage = "the object has been modified; please apply your changes to the latest version and try again"
+	conflictFor     = 2 * time.Second // status times have whole seconds: at least 1s is seen
+)
+
+// retrying reports whether a group carries the conflict error the
+// controller retries after.
+func retrying(vgs *groupv1.VolumeGroupSnapshot) bool {
+	st := vgs.Status
+	return st != nil && st.Error != nil && st.Error.Message != nil && st.Error.Time != nil && strings.Contains(*st.Error.Message, conflictMessage)
+}
 
 // StartGroupSnapshotStandIn runs the stand-in until the test ends.
 func StartGroupSnapshotStandIn(t testing.TB, cfg *rest.Config) *GroupSnapshotStandIn {
@@ -74,18 +104,26 @@ func StartGroupSnapshotStandIn(t testing.TB, cfg *rest.Config) *GroupSnapshotSta
 		if err != nil {
 			return
 		}
+		delay := time.Duration(g.readyAfter.Load())
 		for i := range l.Items {
 			vgs := &l.Items[i]
-			if vgs.DeletionTimestamp != nil || (vgs.Status != nil && (vgs.Status.ReadyToUse != nil || vgs.Status.Error != nil)) {
+			if vgs.DeletionTimestamp != nil {
 				continue
 			}
-			syncGroup(ctx, core, snaps, vgs)
+			if cutNotReady(vgs) {
+				finishGroup(ctx, core, snaps, vgs, delay)
+				continue
+			}
+			if vgs.Status != nil && (vgs.Status.ReadyToUse != nil || vgs.Status.Error != nil) && !retrying(vgs) {
+				continue
+			}
+			syncGroup(ctx, core, snaps, vgs, delay)
 		}
 	})
 	return g
 }
 
-func syncGroup(ctx context.Context, core kubernetes.Interface, snaps snapclient.Interface, vgs *groupv1.VolumeGroupSnapshot) {
+func syncGroup(ctx context.Context, core kubernetes.Interface, snaps snapclient.Interface, vgs *groupv1.VolumeGroupSnapshot, delay time.Duration) {
 	now := metav1.Now()
 	fail := func(msg string) {
 		ready := false
@@ -119,6 +157,14 @@ func syncGroup(ctx context.Context, core kubernetes.Interface, snaps snapclient.
 	for _, pvc := range pvcs.Items {
 		if msg := pvc.Annotations[AnnotationSnapshotError]; msg != "" {
 			fail(msg)
+			return
+		}
+		if pvc.Annotations[AnnotationSnapshotConflictFirst] != "" && vgs.Status == nil {
+			fail(fmt.Sprintf("error updating status for volume group snapshot content groupsnapcontent-%s: snapshot controller failed to update groupsnapcontent-%[1]s on API server: "+
+				"Operation cannot be fulfilled on volumegroupsnapshotcontents.groupsnapshot.storage.k8s.io \"groupsnapcontent-%[1]s\": %s", vgs.UID, conflictMessage))
+			return
+		}
+		if retrying(vgs) && time.Since(vgs.Status.Error.Time.Time) < conflictFor {
 			return
 		}
 		pv, err := core.CoreV1().PersistentVolumes().Get(ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
@@ -213,11 +259,58 @@ func syncGroup(ctx context.Context, core kubernetes.Interface, snaps snapclient.
 		groupName := vgs.Name
 		cvs.Status = &snapv1.VolumeSnapshotStatus{BoundVolumeSnapshotContentName: &vscName, CreationTime: &now, ReadyToUse: &ready,
 			RestoreSize: &size, VolumeGroupSnapshotName: &groupName}
+		if delay > 0 {
+			notYet := false
+			cvs.Status.ReadyToUse, cvs.Status.RestoreSize, cvs.Status.CreationTime = &notYet, nil, nil
+		}
 		if _, err := snaps.SnapshotV1().VolumeSnapshots(vgs.Namespace).UpdateStatus(ctx, cvs, metav1.UpdateOptions{}); err != nil {
 			return
 		}
 	}
 	vgs.Status = &groupv1.VolumeGroupSnapshotStatus{BoundVolumeGroupSnapshotContentName: &contentName, CreationTime: &now, ReadyToUse: &ready}
+	if delay > 0 {
+		notYet := false
+		vgs.Status.CreationTime, vgs.Status.ReadyToUse = nil, &notYet
+	}
+	_, _ = snaps.GroupsnapshotV1().VolumeGroupSnapshots(vgs.Namespace).UpdateStatus(ctx, vgs, metav1.UpdateOptions{})
+}
+
+// cutNotReady reports a group the stand-in cut but has not made ready
+// (ReadyAfter).
+func cutNotReady(vgs *groupv1.VolumeGroupSnapshot) bool {
+	st := vgs.Status
+	return st != nil && st.Error == nil && st.ReadyToUse != nil && !*st.ReadyToUse && st.BoundVolumeGroupSnapshotContentName != nil
+}
+
+// finishGroup makes a cut group and its members readyToUse once delay
+// has passed since its content's creationTime.
+func finishGroup(ctx context.Context, core kubernetes.Interface, snaps snapclient.Interface, vgs *groupv1.VolumeGroupSnapshot, delay time.Duration) {
+	c, err := snaps.GroupsnapshotV1().VolumeGroupSnapshotContents().Get(ctx, *vgs.Status.BoundVolumeGroupSnapshotContentName, metav1.GetOptions{})
+	if err != nil || c.Status == nil || c.Status.CreationTime == nil || time.Since(c.Status.CreationTime.Time) < delay {
+		return
+	}
+	ready := true
+	l, err := snaps.SnapshotV1().VolumeSnapshots(vgs.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return
+	}
+	for i := range l.Items {
+		vs := &l.Items[i]
+		if !isGroupMember(vs) || vs.OwnerReferences[0].UID != vgs.UID || vs.Status == nil {
+			continue
+		}
+		var size resource.Quantity
+		if src := vs.Spec.Source.PersistentVolumeClaimName; src != nil && *src != "" {
+			if pvc, err := core.CoreV1().PersistentVolumeClaims(vs.Namespace).Get(ctx, *src, metav1.GetOptions{}); err == nil {
+				size = pvc.Spec.Resources.Requests[corev1.ResourceStorage]
+			}
+		}
+		vs.Status.ReadyToUse, vs.Status.RestoreSize, vs.Status.CreationTime = &ready, &size, c.Status.CreationTime
+		if _, err := snaps.SnapshotV1().VolumeSnapshots(vs.Namespace).UpdateStatus(ctx, vs, metav1.UpdateOptions{}); err != nil {
+			return
+		}
+	}
+	vgs.Status.ReadyToUse, vgs.Status.CreationTime = &ready, c.Status.CreationTime
 	_, _ = snaps.GroupsnapshotV1().VolumeGroupSnapshots(vgs.Namespace).UpdateStatus(ctx, vgs, metav1.UpdateOptions{})
 }
 

@@ -75,9 +75,15 @@ func natsServerImage(bin string) image {
 // tidemarkImage is the static tidemark binary on an otherwise empty
 // rootfs: every service and the mover pods run it.
 func (c *cluster) tidemarkImage(b binaries) image {
-	return image{ref: tidemarkImage, key: fileKey(b.Tidemark), rootfs: func(dir string) error { return tidemarkRootfs(dir, b.Tidemark) },
-		config: v1.Config{Entrypoint: []string{"/tidemark"}, Env: []string{"SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt", "TMPDIR=/tmp"}}}
+	return image{ref: tidemarkImage, key: stringKey(fileKey(b.Tidemark), tidemarkBinary), rootfs: func(dir string) error { return tidemarkRootfs(dir, b.Tidemark) },
+		config: v1.Config{Entrypoint: []string{tidemarkBinary}, Env: []string{"SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt", "TMPDIR=/tmp"}}}
 }
+
+// tidemarkBinary is where the image keeps tidemark. Not /tidemark: mover
+// pods mount their volume and scratch space under /tidemark/
+// (kube.MoverMountPath), and the runtime cannot make a mount point inside
+// a file.
+const tidemarkBinary = "/usr/local/bin/tidemark"
 
 // importImages builds (or takes from images/) each image's OCI layout
 // tarball and imports it with ctr.
@@ -344,7 +350,7 @@ func minimalEtc(dir string) error {
 }
 
 func tidemarkRootfs(dir, bin string) error {
-	if err := copyFile(bin, filepath.Join(dir, "tidemark"), 0o755); err != nil {
+	if err := copyFile(bin, filepath.Join(dir, tidemarkBinary), 0o755); err != nil {
 		return err
 	}
 	return minimalEtc(dir)

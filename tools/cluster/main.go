@@ -8,7 +8,7 @@
 //	go run ./tools/cluster down     # stop exactly what up started, undo its host changes
 //	go run ./tools/cluster status   # what runs
 //	go run ./tools/cluster build    # only build (or find) the binaries
-//	go run ./tools/cluster images   # build and import every image, NATS, MariaDB and PostgreSQL included
+//	go run ./tools/cluster images   # build and import every image, NATS, versitygw (S3), MariaDB and PostgreSQL included
 //
 // Everything lives under one state directory: $TIDEMARK_CLUSTER_DIR, else
 // ~/.cache/tidemark-cluster. The Kubernetes programs are built from the Go
@@ -89,6 +89,11 @@ func run(ctx context.Context, cmd string) error {
 			return err
 		}
 		imgs := append(c.baseImages(bins), c.tidemarkImage(bins))
+		vgw, err := buildVersitygw()
+		if err != nil {
+			return err
+		}
+		imgs = append(imgs, versitygwServerImage(vgw))
 		dbs, err := c.databaseImages(ctx)
 		if err != nil {
 			return err

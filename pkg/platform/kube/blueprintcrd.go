@@ -72,6 +72,23 @@ func (p *Platform) LoadBlueprints(ctx context.Context, ns string) ([]*blueprint.
 // blueprint.Parse and blueprint.Lint, so a custom resource gets the same
 // checks and defaults as a file. Diagnostics name "Blueprint ns/name".
 func BlueprintFromObject(o *unstructured.Unstructured) (*blueprint.Blueprint, error) {
+	file, data, err := blueprintDocument(o)
+	if err != nil {
+		return nil, err
+	}
+	b, err := blueprint.Parse(file, data)
+	if err != nil {
+		return nil, fmt.Errorf("%w %s:\n%w", ErrInvalidBlueprint, objectName(o), err)
+	}
+	if err := blueprint.Lint(b).Err(); err != nil {
+		return nil, fmt.Errorf("%w %s:\n%w", ErrInvalidBlueprint, objectName(o), err)
+	}
+	return b, nil
+}
+
+// blueprintDocument is a Blueprint object as the blueprint file it stands
+// for, and the name diagnostics give it ("Blueprint ns/name").
+func blueprintDocument(o *unstructured.Unstructured) (file string, data []byte, err error) {
 	md := map[string]any{"name": o.GetName()}
 	if l := o.GetLabels(); len(l) > 0 {
 		md["labels"] = l
@@ -90,17 +107,8 @@ func BlueprintFromObject(o *unstructured.Unstructured) (*blueprint.Blueprint, er
 		md["annotations"] = keep
 	}
 	doc := map[string]any{"apiVersion": o.GetAPIVersion(), "kind": o.GetKind(), "metadata": md, "spec": o.Object["spec"]}
-	data, err := yaml.Marshal(doc)
-	if err != nil {
-		return nil, err
+	if data, err = yaml.Marshal(doc); err != nil {
+		return "", nil, err
 	}
-	file := "Blueprint " + objectName(o)
-	b, err := blueprint.Parse(file, data)
-	if err != nil {
-		return nil, fmt.Errorf("%w %s:\n%w", ErrInvalidBlueprint, objectName(o), err)
-	}
-	if err := blueprint.Lint(b).Err(); err != nil {
-		return nil, fmt.Errorf("%w %s:\n%w", ErrInvalidBlueprint, objectName(o), err)
-	}
-	return b, nil
+	return "Blueprint " + objectName(o), data, nil
 }

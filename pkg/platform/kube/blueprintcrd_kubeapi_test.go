@@ -3,6 +3,7 @@
 package kube
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -65,7 +66,14 @@ func bundledBlueprints(t *testing.T) map[string][]byte {
 			if err != nil {
 				t.Fatal(err)
 			}
-			out[path.Dir(f)] = b
+			name := path.Dir(f)
+			if _, dup := out[name]; dup {
+				// The Kubernetes variant of a blueprint of every platform
+				// (mariadb): the same name, so given another to sit beside it.
+				b = bytes.Replace(b, []byte("\n  name: "+name+"\n"), []byte("\n  name: "+name+"-kube\n"), 1)
+				name += "-kube"
+			}
+			out[name] = b
 		}
 	}
 	if len(out) < 7 {

@@ -303,7 +303,7 @@ func (s *Snapshotter) takeGroup(ctx context.Context, run events.RunID, ns, class
 	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	ready, err := s.waitGroupReady(wctx, ns, name)
+	ready, cutAt, err := s.waitGroupCut(wctx, ns, name)
 	if err != nil {
 		return fail(err)
 	}
@@ -321,8 +321,8 @@ func (s *Snapshotter) takeGroup(ctx context.Context, run events.RunID, ns, class
 		vs := members[gv.pvc]
 		sn := platform.Snapshot{ID: events.SnapshotID(ns + "/" + vs.Name), RunID: run, Volume: gv.vol.Name, Method: platform.MethodCSI,
 			Duration: time.Since(startedAt), CreatedAt: vs.CreationTimestamp.Time}
-		if st := ready.Status; st.CreationTime != nil {
-			sn.CreatedAt = st.CreationTime.Time // one instant for the whole group
+		if cutAt != nil {
+			sn.CreatedAt = cutAt.Time // one instant for the whole group
 		}
 		if st := vs.Status; st != nil && st.RestoreSize != nil {
 			sn.Bytes = st.RestoreSize.Value()
@@ -345,38 +345,51 @@ func (s *Snapshotter) labelPVC(ctx context.Context, ns, pvc string, value *strin
 	return err
 }
 
-// waitGroupReady polls a VolumeGroupSnapshot until readyToUse, an error, or ctx ends.
-func (s *Snapshotter) waitGroupReady(ctx context.Context, ns, name string) (*groupv1.VolumeGroupSnapshot, error) {
+// waitGroupCut polls a VolumeGroupSnapshot until it was cut — readyToUse,
+// or its creationTime or its bound content's set (the driver's
+// CreateVolumeGroupSnapshot returned: see waitSnapshot) — an error, or ctx
+// ends. It returns the group and when it was cut.
+func (s *Snapshotter) waitGroupCut(ctx context.Context, ns, name string) (*groupv1.VolumeGroupSnapshot, *metav1.Time, error) {
 	last := "no status yet"
 	for {
 		g, err := s.Platform.c.Snapshots.GroupsnapshotV1().VolumeGroupSnapshots(ns).Get(ctx, name, metav1.GetOptions{})
 		switch {
 		case err != nil && !endingWith(ctx, err):
-			return nil, fmt.Errorf("reading VolumeGroupSnapshot %s/%s: %w", ns, name, err)
+			return nil, nil, fmt.Errorf("reading VolumeGroupSnapshot %s/%s: %w", ns, name, err)
 		case err == nil && g.Status != nil:
 			st := g.Status
-			if st.Error != nil && st.Error.Message != nil {
-				return nil, fmt.Errorf("%w: VolumeGroupSnapshot %s/%s: status.error: %s", ErrSnapshotFailed, ns, name, *st.Error.Message)
+			if st.CreationTime != nil || (st.ReadyToUse != nil && *st.ReadyToUse) {
+				return g, st.CreationTime, nil
 			}
-			if st.ReadyToUse != nil && *st.ReadyToUse {
-				return g, nil
+			if st.BoundVolumeGroupSnapshotContentName != nil {
+				c, err := s.Platform.c.Snapshots.GroupsnapshotV1().VolumeGroupSnapshotContents().Get(ctx, *st.BoundVolumeGroupSnapshotContentName, metav1.GetOptions{})
+				if err == nil && c.Status != nil && c.Status.CreationTime != nil {
+					return g, c.Status.CreationTime, nil
+				}
+			}
+			if msg := errorMessage(st.Error); msg != "" && !controllerRetries(msg) {
+				return nil, nil, fmt.Errorf("%w: VolumeGroupSnapshot %s/%s: status.error: %s", ErrSnapshotFailed, ns, name, msg)
 			}
 			last = "readyToUse false"
 			if st.BoundVolumeGroupSnapshotContentName != nil {
 				last += ", content " + *st.BoundVolumeGroupSnapshotContentName
 			}
+			if msg := errorMessage(st.Error); msg != "" {
+				last += ", status.error (the controller retries): " + msg
+			}
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: VolumeGroupSnapshot %s/%s not readyToUse (last seen: %s); is the CSI snapshot controller running with group snapshots enabled, and does the driver support them?", ErrTimeout, ns, name, last)
+			return nil, nil, fmt.Errorf("%w: VolumeGroupSnapshot %s/%s not cut (last seen: %s); is the CSI snapshot controller running with group snapshots enabled, and does the driver support them?", ErrTimeout, ns, name, last)
 		case <-time.After(s.Platform.pollInterval):
 		}
 	}
 }
 
-// waitMembers polls the member VolumeSnapshots of a ready group until
-// every wanted PVC has a readyToUse member, one of them reports an error,
-// or ctx ends. A member is mapped to its PVC by spec.source's
+// waitMembers polls the member VolumeSnapshots of a cut group until
+// every wanted PVC has a member (which may not be readyToUse yet: the
+// controller makes them ready after the cut, with retries, and a mover's
+// PVC waits for that), one of them reports an error, or ctx ends. A member is mapped to its PVC by spec.source's
 // persistentVolumeClaimName (the controller sets it from the PV's
 // claimRef; empty when the PV has none), else by its
 // VolumeSnapshotContent's spec.source.volumeHandle.
@@ -408,37 +421,25 @@ func (s *Snapshotter) waitMembers(ctx context.Context, g *groupv1.VolumeGroupSna
 			if pvc == "" {
 				continue // not (yet) mappable, or not one of ours
 			}
-			if st := vs.Status; st != nil && st.Error != nil && st.Error.Message != nil {
+			if st := vs.Status; st != nil && (st.ReadyToUse == nil || !*st.ReadyToUse) && errorMessage(st.Error) != "" && !controllerRetries(*st.Error.Message) {
 				return nil, fmt.Errorf("%w: volume %q (PVC %s/%s): VolumeSnapshot %s/%s of VolumeGroupSnapshot %s: status.error: %s",
 					ErrSnapshotFailed, want[pvc], g.Namespace, pvc, vs.Namespace, vs.Name, g.Name, *st.Error.Message)
 			}
 			got[pvc] = vs
 		}
-		var missing, pending []string
+		var missing []string
 		for pvc, vol := range want {
-			vs, ok := got[pvc]
-			switch {
-			case !ok:
+			if _, ok := got[pvc]; !ok {
 				missing = append(missing, fmt.Sprintf("volume %q (PVC %s)", vol, pvc))
-			case vs.Status == nil || vs.Status.ReadyToUse == nil || !*vs.Status.ReadyToUse:
-				pending = append(pending, fmt.Sprintf("volume %q (VolumeSnapshot %s)", vol, vs.Name))
 			}
 		}
-		if len(missing) == 0 && len(pending) == 0 {
+		if len(missing) == 0 {
 			return got, nil
 		}
 		select {
 		case <-ctx.Done():
 			sort.Strings(missing)
-			sort.Strings(pending)
-			var what []string
-			if len(missing) > 0 {
-				what = append(what, "no member VolumeSnapshot for "+strings.Join(missing, ", "))
-			}
-			if len(pending) > 0 {
-				what = append(what, "not readyToUse: "+strings.Join(pending, ", "))
-			}
-			return nil, fmt.Errorf("%w: VolumeGroupSnapshot %s/%s is readyToUse but %s", ErrTimeout, g.Namespace, g.Name, strings.Join(what, "; "))
+			return nil, fmt.Errorf("%w: VolumeGroupSnapshot %s/%s was cut but has no member VolumeSnapshot for %s", ErrTimeout, g.Namespace, g.Name, strings.Join(missing, ", "))
 		case <-time.After(s.Platform.pollInterval):
 		}
 	}
@@ -476,6 +477,7 @@ func groupOwner(vs *snapv1.VolumeSnapshot) (string, types.UID) {
 // deleted), and the garbage collector would via their owner reference;
 // deleting them here too makes cleanup not depend on either.
 func (s *Snapshotter) deleteGroup(ctx context.Context, ns, name string) error {
+	s.waitGroupSettled(ctx, ns, name)
 	var errs []error
 	err := s.Platform.c.Snapshots.GroupsnapshotV1().VolumeGroupSnapshots(ns).Delete(ctx, name, metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
@@ -492,6 +494,64 @@ func (s *Snapshotter) deleteGroup(ctx context.Context, ns, name string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// GroupSettleTimeout bounds how long a group snapshot the controller is
+// still completing is waited for before it is deleted anyway.
+const GroupSettleTimeout = 2 * time.Minute
+
+// waitGroupSettled waits until the controller has finished with a group
+// (readyToUse, or failed) before it is deleted. The application is thawed
+// at the cut, so a run may delete its group while the controller is
+// still making and binding the members; deleting it then left a member
+// VolumeSnapshot that the controller never finalised, and its namespace
+// could not be deleted (seen on the test cluster).
+func (s *Snapshotter) waitGroupSettled(ctx context.Context, ns, name string) {
+	ctx, cancel := context.WithTimeout(ctx, GroupSettleTimeout)
+	defer cancel()
+	for {
+		g, err := s.Platform.c.Snapshots.GroupsnapshotV1().VolumeGroupSnapshots(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil || g.DeletionTimestamp != nil || g.Status == nil || g.Status.BoundVolumeGroupSnapshotContentName == nil {
+			return // gone, going, or never cut: nothing is being completed
+		}
+		st := g.Status
+		if errorMessage(st.Error) != "" && !controllerRetries(*st.Error.Message) {
+			return
+		}
+		// The group may say readyToUse before its members are (seen on the
+		// test cluster): settled is every member made and readyToUse.
+		if st.ReadyToUse != nil && *st.ReadyToUse && s.membersSettled(ctx, g) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(s.Platform.pollInterval):
+		}
+	}
+}
+
+// membersSettled reports whether every member of a group exists (as many
+// as its content lists) and is readyToUse or failed.
+func (s *Snapshotter) membersSettled(ctx context.Context, g *groupv1.VolumeGroupSnapshot) bool {
+	members, err := s.groupMembers(ctx, g.Namespace, g.Name, g.UID)
+	if err != nil {
+		return false
+	}
+	want := len(members)
+	if c, err := s.Platform.c.Snapshots.GroupsnapshotV1().VolumeGroupSnapshotContents().Get(ctx, *g.Status.BoundVolumeGroupSnapshotContentName, metav1.GetOptions{}); err == nil && c.Status != nil {
+		want = max(want, len(c.Status.VolumeSnapshotInfoList))
+	}
+	if len(members) < want {
+		return false
+	}
+	for _, vs := range members {
+		st := vs.Status
+		if st == nil || ((st.ReadyToUse == nil || !*st.ReadyToUse) && errorMessage(st.Error) == "") {
+			return false
+		}
+	}
+	return true
 }
 
 // listGroups is List's part for group snapshots: each member of every

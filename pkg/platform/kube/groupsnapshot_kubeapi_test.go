@@ -5,6 +5,7 @@ package kube
 import (
 	"context"
 	"errors"
+	corev1 "k8s.io/api/core/v1"
 	"slices"
 	"strings"
 	"testing"
@@ -174,6 +175,102 @@ func TestGroupSnapshotOfTwoPVCsIsMappedAndDeletedWhole(t *testing.T) {
 	})
 	if err := s.Delete(ctx, "group:no-slash"); !errors.Is(err, platform.ErrInvalidSnapshotID) {
 		t.Errorf("Delete(group:no-slash) = %v, want ErrInvalidSnapshotID", err)
+	}
+}
+
+// A group's snapshots are cut when the driver's CreateVolumeGroupSnapshot
+// returns; the controller makes the group and its members readyToUse
+// later (seconds later on the test cluster, after its retries). The call
+// returns at the cut, so the application is thawed then, and a mover's
+// PVC made from a member waits for it to be ready, with its restoreSize.
+func TestGroupSnapshotReturnsAtTheCut(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	driver := testDriver(h)
+	snapshotClass(t, h, "cut-vs", driver, true)
+	groupSnapshotClass(t, h, "group-cut", driver, true)
+	h.boundPVC("data", driver, nil, nil)
+	h.boundPVC("wal", driver, nil, nil)
+	standIn := kubetest.StartGroupSnapshotStandIn(t, kubetest.Config(t))
+	const readyAfter = 8 * time.Second
+	standIn.ReadyAfter(readyAfter)
+	s := &Snapshotter{Platform: h.p, Namespace: h.ns, ReadyTimeout: 30 * time.Second}
+
+	res, err := s.SnapshotGroup(ctx, "run-cut", []events.VolumeRef{{Name: "data", Source: "data"}, {Name: "wal", Source: "wal"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, gname, _ := ParseGroupSnapshotID(res.Group)
+	g, err := h.p.c.Snapshots.GroupsnapshotV1().VolumeGroupSnapshots(h.ns).Get(ctx, gname, getOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Status == nil || g.Status.ReadyToUse == nil || *g.Status.ReadyToUse {
+		t.Fatalf("group status %+v when SnapshotGroup returned: want cut, not yet readyToUse (the stand-in waits %v)", g.Status, readyAfter)
+	}
+	content, err := h.p.c.Snapshots.GroupsnapshotV1().VolumeGroupSnapshotContents().Get(ctx, *g.Status.BoundVolumeGroupSnapshotContentName, getOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Snapshots) != 2 {
+		t.Fatalf("snapshots %+v, want data's and wal's", res.Snapshots)
+	}
+	for _, sn := range res.Snapshots {
+		if !sn.CreatedAt.Equal(content.Status.CreationTime.Time) {
+			t.Errorf("snapshot %s created at %v, want the cut, %v", sn.ID, sn.CreatedAt, content.Status.CreationTime.Time)
+		}
+	}
+
+	// The mover's PVC needs the member ready: its spec waits for it.
+	pvc, _, err := h.p.MoverSpec(ctx, MoverRequest{Run: "run-cut", Volume: "data", Direction: MoverExport, Item: "item-cut", Snapshot: res.Snapshots[0].ID}, moverOpts)
+	if err != nil {
+		t.Fatalf("MoverSpec of a member that becomes ready later: %v", err)
+	}
+	_, name, _ := strings.Cut(string(res.Snapshots[0].ID), "/")
+	vs, err := h.p.c.Snapshots.SnapshotV1().VolumeSnapshots(h.ns).Get(ctx, name, getOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vs.Status == nil || vs.Status.ReadyToUse == nil || !*vs.Status.ReadyToUse {
+		t.Fatalf("MoverSpec returned before the member was readyToUse: %+v", vs.Status)
+	}
+	if q := pvc.Spec.Resources.Requests[corev1.ResourceStorage]; q.Cmp(*vs.Status.RestoreSize) != 0 {
+		t.Errorf("mover PVC requests %v, want the member's restoreSize %v", q.String(), vs.Status.RestoreSize.String())
+	}
+}
+
+// The real snapshot controller records an update race it lost as the
+// group's status.error and then retries (CI failed a backup on it once).
+// That error is not the driver's answer: the snapshot must wait for the
+// retry and succeed.
+func TestGroupSnapshotWaitsOutAConflictTheControllerRetries(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	driver := testDriver(h)
+	groupSnapshotClass(t, h, "group-conflict", driver, false)
+	h.boundPVC("data", driver, nil, map[string]string{kubetest.AnnotationSnapshotConflictFirst: "yes"})
+	h.boundPVC("wal", driver, nil, nil)
+	kubetest.StartGroupSnapshotStandIn(t, kubetest.Config(t))
+	s := &Snapshotter{Platform: h.p, Namespace: h.ns, ReadyTimeout: 10 * time.Second}
+
+	started := time.Now()
+	res, err := s.SnapshotGroup(ctx, "run-group-conflict", []events.VolumeRef{{Name: "data", Source: "data"}, {Name: "wal", Source: "wal"}})
+	if err != nil {
+		t.Fatalf("SnapshotGroup: %v (a conflict the controller retries is not a failure)", err)
+	}
+	if took := time.Since(started); took < time.Second {
+		t.Fatalf("the group was ready after %v: the stand-in reports the conflict for over 1s, so the test did not exercise it", took)
+	}
+	if len(res.Snapshots) != 2 || res.Group == "" {
+		t.Fatalf("result %+v: want a group of two", res)
+	}
+
+	// Held for longer than ReadyTimeout, the conflict is named in the timeout.
+	h.boundPVC("data2", driver, nil, map[string]string{kubetest.AnnotationSnapshotConflictFirst: "yes"})
+	s.ReadyTimeout = 500 * time.Millisecond
+	_, err = s.SnapshotGroup(ctx, "run-group-conflict-2", []events.VolumeRef{{Name: "data2", Source: "data2"}})
+	if !errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "the controller retries") || !strings.Contains(err.Error(), "the object has been modified") {
+		t.Fatalf("err = %v, want ErrTimeout naming the last status.error", err)
 	}
 }
 

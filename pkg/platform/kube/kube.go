@@ -2,7 +2,7 @@
 // API (a namespace and label selector, or a custom resource), blueprints
 // bound by annotation, the template context blueprints see there, the scale
 // and apply step kinds, pod exec, CSI volume snapshots, manifest capture
-// and restore, and the pod specs of data movers.
+// and restore, and the mover pods that move each volume.
 //
 // Services never import this package's Kubernetes types: they see the
 // interfaces of package platform. The kinds scale and apply register
@@ -82,6 +82,12 @@ type Clients struct {
 	Snapshots snapclient.Interface
 }
 
+// Client-side request rate limits, when the rest.Config sets none.
+const (
+	DefaultQPS   = 50
+	DefaultBurst = 300
+)
+
 // NewClients builds the clients. Custom resources are spoken to in JSON:
 // protobuf is only served for built-in types.
 func NewClients(cfg *rest.Config) (*Clients, error) {
@@ -91,6 +97,17 @@ func NewClients(cfg *rest.Config) (*Clients, error) {
 	cfg = rest.CopyConfig(cfg)
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "tidemark"
+	}
+	// client-go's own defaults (5 requests/s, bursts of 10) throttle an
+	// application's discovery, one list per resource kind: on the test
+	// cluster a backup waited ~9 s before it was accepted. The apiserver's
+	// priority and fairness protects the server; these only bound a loop
+	// gone wrong. Values as kubectl uses for discovery.
+	if cfg.QPS == 0 {
+		cfg.QPS = DefaultQPS
+	}
+	if cfg.Burst == 0 {
+		cfg.Burst = DefaultBurst
 	}
 	jsonCfg := rest.CopyConfig(cfg)
 	jsonCfg.ContentType = "application/json"

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -173,7 +174,9 @@ func ParseManifests(data []byte) ([]*unstructured.Unstructured, error) {
 // creationTimestamp, managedFields and the like, status, a Service's
 // allocated cluster IPs and node ports, a PVC's bound volume, a pod's
 // node and injected service account token volume, a Job's generated
-// selector, and annotations the control plane writes.
+// selector, and annotations the control plane writes. A StatefulSet or
+// Deployment a scale step stopped (AnnotationScaledFrom) gets back the
+// replica count it had.
 func CleanObject(o *unstructured.Unstructured) {
 	for _, f := range []string{"uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp",
 		"deletionGracePeriodSeconds", "managedFields", "selfLink"} {
@@ -209,6 +212,16 @@ func CleanObject(o *unstructured.Unstructured) {
 		}
 	case schema.GroupKind{Kind: "PersistentVolumeClaim"}:
 		unstructured.RemoveNestedField(o.Object, "spec", "volumeName")
+	case schema.GroupKind{Group: "apps", Kind: "StatefulSet"}, schema.GroupKind{Group: "apps", Kind: "Deployment"}:
+		// A backup's scale step may have stopped the workload while it was
+		// captured; the count it runs at is the one the step recorded.
+		if ann := o.GetAnnotations(); ann[AnnotationScaledFrom] != "" {
+			if n, err := strconv.ParseInt(ann[AnnotationScaledFrom], 10, 32); err == nil && n >= 0 {
+				_ = unstructured.SetNestedField(o.Object, n, "spec", "replicas")
+			}
+			delete(ann, AnnotationScaledFrom)
+			setAnnotations(o, ann)
+		}
 	case schema.GroupKind{Kind: "Pod"}:
 		unstructured.RemoveNestedField(o.Object, "spec", "nodeName")
 		cleanPodSpec(o.Object, "spec")

@@ -199,31 +199,52 @@ func (s *Snapshotter) parseVolume(v events.VolumeRef, seen map[string]bool) (ns,
 	return ns, pvc, nil
 }
 
-// waitReady polls a VolumeSnapshot until readyToUse, an error, or ctx ends.
+// waitReady waits until a VolumeSnapshot was cut (waitSnapshot).
 func (s *Snapshotter) waitReady(ctx context.Context, ns, name string) (*snapv1.VolumeSnapshot, error) {
+	return s.Platform.waitSnapshot(ctx, ns, name, true)
+}
+
+// waitSnapshot polls a VolumeSnapshot until it was cut (cut: the driver
+// returned its creationTime) or is readyToUse (!cut), an error, or ctx
+// ends. The CSI spec lets I/O resume once a snapshot is cut: readyToUse
+// may follow much later (a cloud uploading it), and a VolumeGroupSnapshot's
+// members become ready only after the snapshot controller's retries, so
+// the application's freeze ends at the cut. A PVC made from the snapshot
+// waits for readyToUse.
+func (p *Platform) waitSnapshot(ctx context.Context, ns, name string, cut bool) (*snapv1.VolumeSnapshot, error) {
 	last := "no status yet"
 	for {
-		vs, err := s.Platform.c.Snapshots.SnapshotV1().VolumeSnapshots(ns).Get(ctx, name, metav1.GetOptions{})
+		vs, err := p.c.Snapshots.SnapshotV1().VolumeSnapshots(ns).Get(ctx, name, metav1.GetOptions{})
 		switch {
 		case err != nil && !endingWith(ctx, err):
 			return nil, fmt.Errorf("reading VolumeSnapshot %s/%s: %w", ns, name, err)
 		case err == nil && vs.Status != nil:
 			st := vs.Status
-			if st.Error != nil && st.Error.Message != nil {
-				return nil, fmt.Errorf("%w: VolumeSnapshot %s/%s: status.error: %s", ErrSnapshotFailed, ns, name, *st.Error.Message)
-			}
-			if st.ReadyToUse != nil && *st.ReadyToUse {
+			if (st.ReadyToUse != nil && *st.ReadyToUse) || (cut && st.CreationTime != nil) {
 				return vs, nil
 			}
+			if msg := errorMessage(st.Error); msg != "" && !controllerRetries(msg) {
+				return nil, fmt.Errorf("%w: VolumeSnapshot %s/%s: status.error: %s", ErrSnapshotFailed, ns, name, msg)
+			}
 			last = "readyToUse false"
+			if st.CreationTime != nil {
+				last = "cut, readyToUse false"
+			}
 			if st.BoundVolumeSnapshotContentName != nil {
 				last += ", content " + *st.BoundVolumeSnapshotContentName
+			}
+			if msg := errorMessage(st.Error); msg != "" {
+				last += ", status.error (the controller retries): " + msg
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: VolumeSnapshot %s/%s not readyToUse (last seen: %s); is the CSI snapshot controller running?", ErrTimeout, ns, name, last)
-		case <-time.After(s.Platform.pollInterval):
+			want := "readyToUse"
+			if cut {
+				want = "cut (no creationTime)"
+			}
+			return nil, fmt.Errorf("%w: VolumeSnapshot %s/%s not %s (last seen: %s); is the CSI snapshot controller running?", ErrTimeout, ns, name, want, last)
+		case <-time.After(p.pollInterval):
 		}
 	}
 }
@@ -398,3 +419,26 @@ func labelValue(v string) string {
 // IsNoSnapshotClass reports whether err says a volume has no snapshot
 // class, so it must be backed up live while the application stays quiesced.
 func IsNoSnapshotClass(err error) bool { return errors.Is(err, ErrNoSnapshotClass) }
+
+// conflictMessage is the apiserver's message for a write that lost an
+// optimistic-concurrency race (a 409 Conflict).
+const conflictMessage = "the object has been modified; please apply your changes to the latest version and try again"
+
+// controllerRetries reports whether a snapshot's status.error is one the
+// snapshot controller recovers from by itself: it records the last error
+// it met and keeps retrying, clearing the error on success. A lost
+// update race between the controller and csi-snapshotter is such an
+// error (seen in CI on a real cluster: "failed to update
+// groupsnapcontent-… on API server: Operation cannot be fulfilled …").
+// Any other error is the driver's answer and fails the snapshot at once,
+// rather than after ReadyTimeout.
+func controllerRetries(msg string) bool {
+	return strings.Contains(msg, conflictMessage)
+}
+
+func errorMessage(e *snapv1.VolumeSnapshotError) string {
+	if e == nil || e.Message == nil {
+		return ""
+	}
+	return *e.Message
+}
